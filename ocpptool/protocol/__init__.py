@@ -11,7 +11,7 @@ can be reused by every source, the replay planner and the monitor without draggi
 - :mod:`.correlate`: pairs responses with calls per connection (the Open OCPP Trace rule).
 """
 
-from .frames import Frame, MessageType, Weird, decode
 from .correlate import Correlator, Event
+from .frames import Frame, MessageType, Weird, decode
 
 __all__ = ["Correlator", "Event", "Frame", "MessageType", "Weird", "decode"]

@@ -87,7 +87,18 @@ def normalise_direction(text: str | None, *, perspective: str = "cp") -> str | N
     value = _ALIASES.get(key)
     if value is None:
         return None
-    if perspective == "csms" and key in {"send", "sent", "tx", "out", "outgoing", "recv", "receive",
-                                         "received", "rx", "in", "incoming"}:
+    if perspective == "csms" and key in {
+        "send",
+        "sent",
+        "tx",
+        "out",
+        "outgoing",
+        "recv",
+        "receive",
+        "received",
+        "rx",
+        "in",
+        "incoming",
+    }:
         return opposite(value)
     return value

@@ -11,7 +11,13 @@ from ._actions_data import ACTIONS
 
 VERSIONS = ("1.6", "2.0", "2.0.1", "2.1")
 
-_SUBPROTOCOLS = {"ocpp1.6": "1.6", "ocpp1.6j": "1.6", "ocpp2.0": "2.0", "ocpp2.0.1": "2.0.1", "ocpp2.1": "2.1"}
+_SUBPROTOCOLS = {
+    "ocpp1.6": "1.6",
+    "ocpp1.6j": "1.6",
+    "ocpp2.0": "2.0",
+    "ocpp2.0.1": "2.0.1",
+    "ocpp2.1": "2.1",
+}
 
 ONLY_16 = ACTIONS["1.6"] - ACTIONS["2.0.1"] - ACTIONS["2.1"]
 ONLY_2X = (ACTIONS["2.0.1"] | ACTIONS["2.1"]) - ACTIONS["1.6"]

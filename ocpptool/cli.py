@@ -1,0 +1,171 @@
+"""The command line: thin typer commands over the library; :func:`main` maps errors to exit codes."""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime, timezone
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from . import __version__
+from .errors import ExitStatus, UserError
+
+app = typer.Typer(
+    name="ocpptool",
+    help="Decode, analyse, replay and monitor OCPP-J traffic from packet captures and logs.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+_state = {"traceback": False}
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"ocpptool {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    traceback: Annotated[bool, typer.Option("--traceback", help="Show the full traceback on errors.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    _state["traceback"] = traceback
+
+
+def _parse_time(text: str | None, option: str) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise UserError(f"{option}: cannot read {text!r} as a time (use ISO 8601, e.g. 2024-05-01T10:00:00Z)") from None
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+def _check_tz(log_tz: str | None) -> None:
+    if log_tz is None:
+        return
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(log_tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise UserError(f"--log-tz: unknown time zone {log_tz!r} (use a name like UTC or Europe/Berlin)") from None
+
+
+InputsArg = Annotated[
+    list[str], typer.Argument(help="Captures, logs, traces, directories or - for stdin (gzip is fine).", show_default=False)
+]
+InputFormatOpt = Annotated[
+    str | None,
+    typer.Option("--input-format", "-I", help="Force a reader instead of detecting it (see `ocpptool formats`)."),
+]
+LogTzOpt = Annotated[
+    str | None, typer.Option("--log-tz", help="Time zone of log timestamps written without one (e.g. Europe/Berlin).")
+]
+
+
+@app.command()
+def decode(
+    inputs: InputsArg,
+    output: Annotated[str | None, typer.Option("--output", "-o", help="Write the messages table here.")] = None,
+    fmt: Annotated[
+        str | None, typer.Option("--format", "-f", help="Output format: parquet, csv, jsonl or trace (default: by extension).")
+    ] = None,
+    cp: Annotated[list[str] | None, typer.Option("--cp", help="Only these charge points (repeatable).")] = None,
+    action: Annotated[list[str] | None, typer.Option("--action", help="Only these actions (repeatable).")] = None,
+    since: Annotated[str | None, typer.Option("--since", help="Only messages at or after this time (ISO 8601).")] = None,
+    until: Annotated[str | None, typer.Option("--until", help="Only messages before this time (ISO 8601).")] = None,
+    input_format: InputFormatOpt = None,
+    log_tz: LogTzOpt = None,
+    weirds: Annotated[str | None, typer.Option("--weirds", help="Also write the weirds table here (same format rules).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
+) -> None:
+    """Decode every OCPP-J frame into a messages table; print a summary or write it out."""
+    from .pipeline import filter_messages, load
+    from .summary import print_summary
+    from .tables.writers import format_for, write_messages
+
+    out_fmt = format_for(output, fmt) if output else None
+    weird_fmt = format_for(weirds, None if not fmt or fmt == "trace" else fmt) if weirds else None
+    if weird_fmt == "trace":
+        raise UserError("--weirds cannot be written as an Open OCPP Trace (it has no frames); use .parquet or .csv")
+    _check_tz(log_tz)
+    t_since, t_until = _parse_time(since, "--since"), _parse_time(until, "--until")
+    tables, paths = load(inputs, input_format=input_format, log_tz=log_tz, progress=not quiet)
+    tables.messages = filter_messages(tables.messages, cps=cp, actions=action, since=t_since, until=t_until)
+    err = Console(stderr=True)
+    if output:
+        assert out_fmt is not None
+        write_messages(tables.messages, output, out_fmt)
+        if weirds:
+            assert weird_fmt is not None
+            write_messages(tables.weirds, weirds, weird_fmt)
+        if not quiet:
+            err.print(f"wrote {tables.messages.height:,} messages to {output} ({out_fmt})"
+                      + (f"; {tables.weirds.height:,} weirds" if tables.weirds.height else ""))
+            for note in tables.notes:
+                err.print(f"note: {note}")
+    else:
+        print_summary(tables, Console(), sources=paths)
+
+
+@app.command()
+def formats() -> None:
+    """List the input formats ocpptool detects."""
+    from .sources import input_formats
+
+    for name, desc in input_formats().items():
+        typer.echo(f"{name:14s} {desc}")
+    typer.echo(f"{'pcap':14s} packet captures (pcap, pcapng): not available in this version yet")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; every error becomes one line on stderr and an exit status (see ``ExitStatus``)."""
+    from .sources.base import SourceError
+    from .tables.writers import WriteError
+
+    args = sys.argv[1:] if argv is None else argv
+    show_tb = "--traceback" in args
+    try:
+        app(args=args, prog_name="ocpptool", standalone_mode=False)
+    except (UserError, SourceError, WriteError) as exc:
+        if show_tb:
+            raise
+        print(f"ocpptool: error: {exc}", file=sys.stderr)
+        return ExitStatus.BAD_INPUT
+    except typer.Exit as exc:
+        return exc.exit_code
+    except typer.Abort:
+        print("ocpptool: aborted", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("ocpptool: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return ExitStatus.OK
+    except Exception as exc:  # the one place that catches everything
+        import click
+
+        if isinstance(exc, click.exceptions.UsageError):
+            exc.show()
+            return ExitStatus.BAD_INPUT
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            return exc.exit_code
+        if show_tb:
+            raise
+        print(f"ocpptool: internal error: {type(exc).__name__}: {exc} (run with --traceback for details)", file=sys.stderr)
+        return ExitStatus.ERROR
+    return ExitStatus.OK
+
+
+def run() -> None:
+    sys.exit(main())

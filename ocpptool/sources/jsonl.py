@@ -1,0 +1,306 @@
+"""JSON-lines sources: Open OCPP Trace (read and write) and other one-object-per-line logs.
+
+Both are read in byte chunks by Polars' NDJSON reader (Rust, no per-line Python) with an explicit schema
+of String columns; nested values (a frame given as an array, a payload object) arrive as their JSON text.
+A chunk with a broken line falls back to checking line by line, so the broken lines become weirds and
+every good line around them is kept.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Iterator
+from functools import partial
+from typing import BinaryIO
+
+import orjson
+import polars as pl
+
+from ..protocol.actions import CP_TO_CSMS, CSMS_TO_CP
+from .base import conform
+
+CHUNK_BYTES = 16 << 20
+
+TS_KEYS = ("timestamp", "ts", "time", "@timestamp", "datetime", "date", "observed_at", "received_at", "t")
+CP_KEYS = (
+    "charge_point_id", "chargePointId", "charge_point", "chargePoint", "cp_id", "cpId", "cp",
+    "stationId", "station_id", "chargeBoxId", "charge_box_id", "chargingStationId", "identity", "client_id",
+    "clientId", "id",
+)  # fmt: skip
+DIR_KEYS = ("direction", "dir", "flow", "route")
+MSG_KEYS = ("message", "msg", "frame", "raw", "payload_raw", "data", "ocpp", "text", "body", "content")
+PROTO_KEYS = ("subprotocol", "protocol", "ocpp_version", "ocppVersion", "version")
+CONN_KEYS = ("conn", "connection", "connection_id", "session", "session_id", "sessionId")
+
+TRACE_SCHEMA = {
+    "timestamp": pl.String, "ocppVersion": pl.String, "chargePointId": pl.String, "direction": pl.String,
+    "messageType": pl.String, "messageId": pl.String, "action": pl.String, "payload": pl.String,
+    "raw": pl.String, "error": pl.String, "schemaVersion": pl.String, "meta": pl.String,
+}  # fmt: skip
+
+_DIRECTION_MAP = {
+    "cp->csms": CP_TO_CSMS, "cp-to-csms": CP_TO_CSMS, "cp_to_csms": CP_TO_CSMS, "cs_to_csms": CP_TO_CSMS,
+    "cs->csms": CP_TO_CSMS, "cs-to-csms": CP_TO_CSMS, "cp->cs": CP_TO_CSMS, "cp-to-cs": CP_TO_CSMS,
+    "cp_to_cs": CP_TO_CSMS, "charger->csms": CP_TO_CSMS, "station->csms": CP_TO_CSMS, "upstream": CP_TO_CSMS,
+    "inbound": CP_TO_CSMS, "incoming": CP_TO_CSMS, "in": CP_TO_CSMS, "received": CP_TO_CSMS,
+    "csms->cp": CSMS_TO_CP, "csms-to-cp": CSMS_TO_CP, "csms_to_cp": CSMS_TO_CP, "csms_to_cs": CSMS_TO_CP,
+    "csms->cs": CSMS_TO_CP, "csms-to-cs": CSMS_TO_CP, "cs->cp": CSMS_TO_CP, "cs-to-cp": CSMS_TO_CP,
+    "cs_to_cp": CSMS_TO_CP, "csms->charger": CSMS_TO_CP, "csms->station": CSMS_TO_CP,
+    "downstream": CSMS_TO_CP, "outbound": CSMS_TO_CP, "outgoing": CSMS_TO_CP, "out": CSMS_TO_CP,
+    "sent": CSMS_TO_CP,
+}  # fmt: skip
+# "in"/"out"/"sent"/"received" are read from the CSMS's side, which is who writes JSON-lines logs.
+
+
+def _first(keys: tuple[str, ...], seen: dict[str, int]) -> str | None:
+    return next((k for k in keys if k in seen), None)
+
+
+def sample_objects(lines: list[bytes]) -> list[dict]:
+    out = []
+    for line in lines:
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            value = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(value, dict):
+            out.append(value)
+    return out
+
+
+def is_trace(objs: list[dict]) -> bool:
+    hits = sum(1 for o in objs if "schemaVersion" in o and "messageType" in o and "direction" in o)
+    return bool(objs) and hits >= max(1, len(objs) // 2)
+
+
+def jsonl_fields(objs: list[dict]) -> dict[str, str | None] | None:
+    """Which keys hold time, charge point, direction, frame ... in this log; None if no frame key."""
+    seen: dict[str, int] = {}
+    for o in objs:
+        for k, v in o.items():
+            if k in MSG_KEYS and not _looks_like_frame(v):
+                continue
+            seen[k] = seen.get(k, 0) + 1
+    msg = _first(MSG_KEYS, seen)
+    if msg is None:
+        return None
+    return {
+        "ts": _first(TS_KEYS, seen),
+        "cp": _first(CP_KEYS, seen),
+        "direction": _first(DIR_KEYS, seen),
+        "message": msg,
+        "subprotocol": _first(PROTO_KEYS, seen),
+        "conn": _first(CONN_KEYS, seen),
+    }
+
+
+def _looks_like_frame(v: object) -> bool:
+    if isinstance(v, list):
+        return bool(v) and v[0] in (2, 3, 4, 5, 6)
+    if isinstance(v, str):
+        s = v.lstrip()
+        return s.startswith("[") and s[1:].lstrip()[:1] in ("2", "3", "4", "5", "6")
+    return False
+
+
+def _chunks(stream: BinaryIO, on_bytes: Callable[[int], None] | None) -> Iterator[tuple[int, bytes]]:
+    """Yield (first line number, chunk of whole lines)."""
+    carry = b""
+    line_no = 1
+    while True:
+        block = stream.read(CHUNK_BYTES)
+        if on_bytes and block:
+            on_bytes(len(block))
+        if not block:
+            if carry:
+                yield line_no, carry if carry.endswith(b"\n") else carry + b"\n"
+            return
+        data = carry + block
+        cut = data.rfind(b"\n")
+        if cut < 0:
+            carry = data
+            continue
+        chunk, carry = data[: cut + 1], data[cut + 1 :]
+        yield line_no, chunk
+        line_no += chunk.count(b"\n")
+
+
+def _read_chunk(
+    chunk: bytes, first_line: int, schema: dict
+) -> tuple[pl.DataFrame, list[tuple[int, str, str]]]:
+    """Parse one chunk; returns the rows (with ``_line``) and broken lines as (line, reason, excerpt)."""
+    clean = b"\n\n" not in chunk and not chunk.startswith(b"\n") and b"\n \n" not in chunk
+    if clean:
+        try:
+            df = pl.read_ndjson(io.BytesIO(chunk), schema=schema)
+            return df.with_row_index("_line", offset=first_line).with_columns(
+                pl.col("_line").cast(pl.Int64)
+            ), []
+        except Exception:  # noqa: BLE001 - a broken line somewhere: find it line by line below
+            pass
+    good: list[bytes] = []
+    good_lines: list[int] = []
+    bad: list[tuple[int, str, str]] = []
+    for i, line in enumerate(chunk.split(b"\n")[:-1]):
+        if not line.strip():
+            continue
+        try:
+            value = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            bad.append(
+                (first_line + i, f"not a JSON object: {exc.msg}", line[:200].decode("utf-8", "replace"))
+            )
+            continue
+        if not isinstance(value, dict):
+            bad.append((first_line + i, "JSON line is not an object", line[:200].decode("utf-8", "replace")))
+            continue
+        good.append(line)
+        good_lines.append(first_line + i)
+    if good:
+        try:
+            df = pl.read_ndjson(io.BytesIO(b"\n".join(good) + b"\n"), schema=schema)
+        except Exception as exc:  # noqa: BLE001 - e.g. a field of an impossible type
+            bad.extend((n, f"unreadable record: {exc}".splitlines()[0][:120], "") for n in good_lines)
+            df = pl.DataFrame(schema=schema)
+            good_lines = []
+    else:
+        df = pl.DataFrame(schema=schema)
+    return df.with_columns(_line=pl.Series(good_lines, dtype=pl.Int64)), bad
+
+
+def _bad_rows(bad: list[tuple[int, str, str]], source: str) -> pl.DataFrame:
+    return conform(
+        pl.DataFrame(
+            {
+                "source_pos": [b[0] for b in bad],
+                "weird_detail": [b[1] for b in bad],
+                "text": [b[2] for b in bad],
+            },
+            schema={"source_pos": pl.Int64, "weird_detail": pl.String, "text": pl.String},
+        ).with_columns(source=pl.lit(source), weird_reason=pl.lit("unparsable-line"))
+    )
+
+
+def _json_str(col: str) -> pl.Expr:
+    """A JSON string literal for a column's text (quotes and backslashes escaped)."""
+    escaped = (
+        pl.col(col).str.replace_all("\\", "\\\\", literal=True).str.replace_all('"', '\\"', literal=True)
+    )
+    return pl.concat_str([pl.lit('"'), escaped, pl.lit('"')])
+
+
+def read_trace(stream: BinaryIO, source: str, on_bytes=None) -> Iterator[Callable[[], pl.DataFrame]]:
+    """Open OCPP Trace v1.x JSONL. The frame text is ``raw`` when present, otherwise rebuilt from fields.
+
+    Yields thunks (one per chunk) so that parsing runs on the decoder's worker threads.
+    """
+    for first, chunk in _chunks(stream, on_bytes):
+        yield partial(_trace_chunk, chunk, first, source)
+
+
+def _trace_chunk(chunk: bytes, first: int, source: str) -> pl.DataFrame:
+    df, bad = _read_chunk(chunk, first, TRACE_SCHEMA)
+    parts = [_bad_rows(bad, source)] if bad else []
+    if df.height:
+        parts.append(_trace_rows(df, source))
+    return pl.concat(parts) if parts else conform(pl.DataFrame())
+
+
+def _trace_rows(df: pl.DataFrame, source: str) -> pl.DataFrame:
+    if True:
+        mt = pl.col("messageType").str.to_uppercase()
+        payload = pl.coalesce(pl.col("payload"), pl.lit("{}"))
+        err = pl.col("error")
+        rebuilt = (
+            pl.when(mt == "CALL")
+            .then(pl.concat_str([pl.lit("[2,"), _json_str("messageId"), pl.lit(","), _json_str("action"),
+                                 pl.lit(","), payload, pl.lit("]")]))
+            .when(mt == "CALLRESULT")
+            .then(pl.concat_str([pl.lit("[3,"), _json_str("messageId"), pl.lit(","), payload, pl.lit("]")]))
+            .when(mt == "CALLERROR")
+            .then(
+                pl.concat_str([
+                    pl.lit("[4,"), _json_str("messageId"), pl.lit(","),
+                    _json_str("_ecode"), pl.lit(","), _json_str("_edesc"), pl.lit(","),
+                    pl.coalesce(pl.col("_edetails"), pl.lit("{}")), pl.lit("]"),
+                ])
+            )
+        )  # fmt: skip
+        df = df.with_columns(
+            _ecode=pl.coalesce(err.str.json_path_match("$.code"), pl.lit("")),
+            _edesc=pl.coalesce(err.str.json_path_match("$.description"), pl.lit("")),
+            _edetails=err.str.json_path_match("$.details"),
+        )
+        direction = pl.col("direction").str.to_lowercase().replace_strict(_DIRECTION_MAP, default=None)
+        out = df.select(
+            ts_text=pl.col("timestamp"),
+            source=pl.lit(source),
+            source_pos=pl.col("_line"),
+            conn=pl.coalesce(pl.col("meta").str.json_path_match("$.ocpptool.conn"), pl.col("chargePointId")),
+            charge_point_id=pl.col("chargePointId"),
+            direction=direction,
+            subprotocol=pl.concat_str([pl.lit("ocpp"), pl.col("ocppVersion")]),
+            text=pl.coalesce(pl.col("raw"), rebuilt),
+            weird_reason=pl.when(pl.col("raw").is_null() & rebuilt.is_null()).then(pl.lit("unparsable-line")),
+            weird_detail=pl.when(pl.col("raw").is_null() & rebuilt.is_null()).then(
+                pl.lit("trace record without a frame (unknown messageType)")
+            ),
+        )
+        return conform(out)
+
+
+def read_jsonl(
+    stream: BinaryIO, source: str, fields: dict[str, str | None], on_bytes=None
+) -> Iterator[Callable[[], pl.DataFrame]]:
+    """Generic JSON lines with the keys found by :func:`jsonl_fields` (thunks, as :func:`read_trace`)."""
+    for first, chunk in _chunks(stream, on_bytes):
+        yield partial(_jsonl_chunk, chunk, first, source, fields)
+
+
+def _jsonl_chunk(chunk: bytes, first: int, source: str, fields: dict[str, str | None]) -> pl.DataFrame:
+    schema = {k: pl.String for k in fields.values() if k}
+    df, bad = _read_chunk(chunk, first, schema)
+    parts = [_bad_rows(bad, source)] if bad else []
+    if df.height:
+        parts.append(_jsonl_rows(df, source, fields))
+    return pl.concat(parts) if parts else conform(pl.DataFrame())
+
+
+def _jsonl_rows(df: pl.DataFrame, source: str, fields: dict[str, str | None]) -> pl.DataFrame:
+    if True:
+
+        def col(role: str) -> pl.Expr:
+            key = fields.get(role)
+            return pl.col(key) if key else pl.lit(None, dtype=pl.String)
+
+        direction = (
+            col("direction")
+            .str.to_lowercase()
+            .str.replace_all(" ", "")
+            .replace_strict(_DIRECTION_MAP, default=None)
+        )
+        proto = col("subprotocol")
+        proto = (
+            pl.when(proto.str.starts_with("ocpp"))
+            .then(proto)
+            .otherwise(pl.concat_str([pl.lit("ocpp"), proto]))
+        )
+        text = col("message")
+        out = df.select(
+            ts_text=col("ts"),
+            source=pl.lit(source),
+            source_pos=pl.col("_line"),
+            conn=pl.coalesce(col("conn"), col("cp")),
+            charge_point_id=col("cp"),
+            direction=direction,
+            subprotocol=proto,
+            text=text,
+            weird_reason=pl.when(text.is_null()).then(pl.lit("unparsable-line")),
+            weird_detail=pl.when(text.is_null()).then(
+                pl.lit(f"record without a '{fields['message']}' field")
+            ),
+        )
+        return conform(out)

@@ -1,0 +1,427 @@
+"""From RawBatch frames to the messages, weirds and connections tables.
+
+The per-frame rules live in :mod:`ocpptool.protocol` (the reference, pure Python). This module applies the
+same rules to whole columns at once so that a day of a fleet's traffic decodes at Polars speed:
+
+- **decode**: frames in the usual layout (``[2,"id","Action",{...}]``, ``[3,"id",{...}]``, ``[6,...]``
+  with ids and actions free of escapes) are split by one regex and their payload validated as JSON in Rust;
+  every other row (errors, odd spacing, escapes, anything broken) goes through
+  :func:`ocpptool.protocol.decode`, so both paths give the same result (a property test checks it).
+- **correlate**: per ``(conn, message_id)`` group, the common case (one CALL, at most one response,
+  directions known) is resolved with joins; groups with repeats or unknown directions are replayed through
+  :class:`ocpptool.protocol.Correlator`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import polars as pl
+
+from ..protocol import Correlator, Event, MessageType, decode
+from ..protocol.actions import ALL_ACTIONS, BIDIRECTIONAL, CP_INITIATED, CP_TO_CSMS, CSMS_TO_CP, opposite
+from ..protocol.frames import HEAD_PATTERN, Frame
+from ..protocol.versions import ONLY_2X, ONLY_16, ONLY_21, from_subprotocol, infer
+from ..sources.timeparse import parse_ts
+from . import schemas
+
+TYPE_NAMES = {t.value: t.name for t in MessageType}
+RESPONSES = ["CALLRESULT", "CALLERROR", "CALLRESULTERROR"]
+_HEAD_WITH_ALL = "^(" + HEAD_PATTERN[1:] + ")"
+
+_CALL_DIRECTION = {a: (CP_TO_CSMS if a in CP_INITIATED else CSMS_TO_CP) for a in ALL_ACTIONS | CP_INITIATED}
+for _a in BIDIRECTIONAL:
+    _CALL_DIRECTION.pop(_a, None)
+_FAMILY = {**{a: "2.x" for a in ONLY_2X}, **{a: "1.6" for a in ONLY_16}, **{a: "2.1" for a in ONLY_21}}
+
+
+@dataclass
+class Tables:
+    messages: pl.DataFrame
+    weirds: pl.DataFrame
+    connections: pl.DataFrame
+    notes: list[str] = field(default_factory=list)  # things the user should know (time zones, dedup ...)
+
+
+def _python_decode(rows: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Decode rows one by one with the reference decoder; returns (frames, weirds) with ``_r`` row keys."""
+    ok: dict[str, list] = {
+        k: []
+        for k in (
+            "_r",
+            "message_type",
+            "message_id",
+            "action",
+            "payload",
+            "error_code",
+            "error_description",
+            "error_details",
+        )
+    }
+    bad: dict[str, list] = {"_r": [], "reason": [], "detail": [], "excerpt": []}
+    for r, text in zip(rows["_r"].to_list(), rows["text"].to_list(), strict=True):
+        res = decode(text if text is not None else "")
+        if isinstance(res, Frame):
+            ok["_r"].append(r)
+            ok["message_type"].append(res.message_type.name)
+            ok["message_id"].append(res.message_id)
+            ok["action"].append(res.action)
+            ok["payload"].append(res.payload)
+            ok["error_code"].append(res.error_code)
+            ok["error_description"].append(res.error_description)
+            ok["error_details"].append(res.error_details)
+        else:
+            bad["_r"].append(r)
+            bad["reason"].append(res.reason)
+            bad["detail"].append(res.detail)
+            bad["excerpt"].append(res.excerpt)
+    frames = pl.DataFrame(ok, schema={"_r": pl.Int64, **{k: pl.String for k in ok if k != "_r"}})
+    weirds = pl.DataFrame(
+        bad, schema={"_r": pl.Int64, "reason": pl.String, "detail": pl.String, "excerpt": pl.String}
+    )
+    return frames, weirds
+
+
+_ONE_OBJECT = pl.List(pl.Struct({"\u0000": pl.Int8}))
+
+
+def _bodies_valid(bodies: pl.Series) -> pl.Series:
+    """True where a body is exactly one JSON value (so the frame has the right arity).
+
+    One vectorised decode of ``[body]`` checks a whole batch in Rust; it raises if any row is broken, and
+    only then do we check row by row (slower, still in Rust).
+    """
+    frame = bodies.to_frame("b").select(w=pl.concat_str([pl.lit("["), pl.col("b"), pl.lit("]")]))
+    try:
+        return (
+            frame.select(pl.col("w").str.json_decode(_ONE_OBJECT).list.len() == 1)
+            .to_series()
+            .fill_null(False)
+        )
+    except pl.exceptions.PolarsError:
+        w = pl.col("w")
+        return (
+            frame.select(
+                w.str.json_path_match("$[0]").is_not_null() & w.str.json_path_match("$[1]").is_null()
+            )
+            .to_series()
+            .fill_null(False)
+        )
+
+
+def decode_batch(raw: pl.DataFrame, log_tz: str | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Decode one RawBatch into (messages rows without idx/correlation, weirds rows); ``_r`` keeps order."""
+    raw = (
+        parse_ts(raw, log_tz)
+        .with_row_index("_r")
+        .with_columns(
+            pl.col("_r").cast(pl.Int64),
+            conn=pl.coalesce(pl.col("conn"), pl.col("charge_point_id"), pl.col("source")),
+        )
+    )
+    pre = raw.filter(pl.col("weird_reason").is_not_null())
+    rest = raw.filter(pl.col("weird_reason").is_null())
+
+    text = pl.col("text").str.strip_chars()
+    rest = rest.with_columns(_h=text.str.extract_groups(_HEAD_WITH_ALL))
+    h = pl.col("_h")
+    hlen = h.struct.field("1").str.len_chars()
+    rest = rest.with_columns(
+        message_type=h.struct.field("2").replace_strict(
+            {"2": "CALL", "3": "CALLRESULT", "6": "SEND"}, default=None
+        ),
+        message_id=h.struct.field("3"),
+        action=h.struct.field("4"),
+        payload=text.str.slice(hlen, text.str.len_chars() - hlen - 1).str.strip_chars_end(),
+        _end=text.str.ends_with("]"),
+    ).drop("_h")
+    shape_ok = (
+        pl.col("_end")
+        & pl.col("payload").str.starts_with("{")
+        & (
+            (pl.col("message_type").is_in(["CALL", "SEND"]) & pl.col("action").is_not_null())
+            | ((pl.col("message_type") == "CALLRESULT") & pl.col("action").is_null())
+        )
+    ).fill_null(False)
+    rest = rest.with_columns(_fast=shape_ok)
+    candidates = rest.filter(pl.col("_fast"))
+    if candidates.height:
+        valid = _bodies_valid(candidates["payload"])
+        if not valid.all():
+            rest = rest.with_columns(
+                _fast=pl.col("_fast") & pl.col("_r").is_in(candidates.filter(valid)["_r"].implode())
+            )
+    fast = rest.filter(pl.col("_fast"))
+    slow_frames, slow_weirds = _python_decode(rest.filter(~pl.col("_fast")).select("_r", "text"))
+    keep = [
+        "_r",
+        "ts",
+        "ts_local",
+        "ts_hint",
+        "source",
+        "source_pos",
+        "conn",
+        "charge_point_id",
+        "direction",
+        "direction_inferred",
+        "subprotocol",
+        "note",
+    ]
+    frame_cols = [
+        "message_type",
+        "message_id",
+        "action",
+        "payload",
+        "error_code",
+        "error_description",
+        "error_details",
+    ]
+    if slow_frames.height:
+        slow = slow_frames.join(raw.select(keep), on="_r", how="left")
+        msgs = pl.concat([fast, slow], how="diagonal_relaxed").sort("_r")
+    else:
+        msgs = fast
+    msgs = (
+        msgs.select(keep + frame_cols)
+        if slow_frames.height
+        else msgs.with_columns(
+            error_code=pl.lit(None, pl.String),
+            error_description=pl.lit(None, pl.String),
+            error_details=pl.lit(None, pl.String),
+        ).select(keep + frame_cols)
+    )
+    pre_w = pre.select(
+        "_r",
+        reason=pl.col("weird_reason"),
+        detail=pl.col("weird_detail"),
+        excerpt=pl.col("text").str.slice(0, 200),
+    )
+    weirds = (
+        pl.concat([pre_w, slow_weirds], how="vertical_relaxed")
+        .join(
+            raw.select(
+                "_r", "ts", "ts_local", "source", "source_pos", "conn", "charge_point_id", "direction"
+            ),
+            on="_r",
+            how="left",
+        )
+        .sort("_r")
+    )
+    return msgs, weirds
+
+
+def _load_and_decode(batch, log_tz: str | None) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Run in a worker: a source may hand over a thunk so that parsing, too, happens in parallel."""
+    frame = batch() if callable(batch) else batch
+    return decode_batch(frame, log_tz)
+
+
+def _order(msgs: pl.DataFrame, multi_source: bool) -> pl.DataFrame:
+    """Merge several sources by time, keeping each source's own order for equal or missing times."""
+    if not multi_source:
+        return msgs
+    src_rank = pl.col("source").rank("dense")
+    key = (
+        pl.coalesce(pl.col("ts"), pl.col("ts_local").dt.replace_time_zone("UTC"))
+        .forward_fill()
+        .over("source")
+    )
+    return (
+        msgs.with_columns(_k=key, _s=src_rank).sort(["_k", "_s", "_seq"], nulls_last=False).drop("_k", "_s")
+    )
+
+
+def _correlate(msgs: pl.DataFrame) -> pl.DataFrame:
+    """Fill call_index, response_index, action of responses, inferred directions and latency."""
+    mt = pl.col("message_type")
+    is_call, is_resp = mt == "CALL", mt.is_in(RESPONSES)
+    ev = msgs.filter(is_call | is_resp).select("idx", "conn", "message_id", "direction", "message_type")
+    g = ev.group_by("conn", "message_id").agg(
+        n_call=is_call.sum(),
+        n_resp=is_resp.sum(),
+        n_null=pl.col("direction").is_null().sum(),
+        call_idx=pl.col("idx").filter(is_call).first(),
+        call_dir=pl.col("direction").filter(is_call).first(),
+        resp_idx=pl.col("idx").filter(is_resp).first(),
+        resp_dir=pl.col("direction").filter(is_resp).first(),
+    )
+    simple = g.filter((pl.col("n_call") == 1) & (pl.col("n_resp") == 1) & (pl.col("n_null") == 0))
+    pairs_fast = simple.filter(
+        (pl.col("resp_idx") > pl.col("call_idx")) & (pl.col("call_dir") != pl.col("resp_dir"))
+    ).select(resp=pl.col("resp_idx"), call=pl.col("call_idx"))
+    tricky = g.filter((pl.col("n_call") >= 1) & (pl.col("n_resp") >= 1)).join(
+        simple.select("conn", "message_id"), on=["conn", "message_id"], how="anti"
+    )
+    resp_l: list[int] = []
+    call_l: list[int] = []
+    if tricky.height:
+        rows = ev.join(tricky.select("conn", "message_id"), on=["conn", "message_id"], how="semi").sort("idx")
+        cor = Correlator()
+        for idx, conn, mid, direction, mtype in rows.iter_rows():
+            m = cor.feed(Event(idx, conn, direction, MessageType[mtype], mid))
+            if m is not None:
+                resp_l.append(idx)
+                call_l.append(m.call_index)
+    pairs = pl.concat(
+        [
+            pairs_fast,
+            pl.DataFrame({"resp": resp_l, "call": call_l}, schema={"resp": pl.Int64, "call": pl.Int64}),
+        ]
+    )
+    pairs = pairs.sort("resp")
+    n = msgs.height
+    resp_idx, call_idx = pairs["resp"], pairs["call"]
+    call_index = pl.Series("call_index", [None] * n, dtype=pl.Int64).scatter(resp_idx, call_idx)
+    response_index = pl.Series("response_index", [None] * n, dtype=pl.Int64).scatter(call_idx, resp_idx)
+    out = msgs.with_columns(call_index, response_index)
+    ci = pl.col("call_index")
+    call_dir = pl.col("direction").gather(ci.fill_null(0))
+    call_action = pl.col("action").gather(ci.fill_null(0))
+    call_ts = pl.col("ts").gather(ci.fill_null(0))
+    has = ci.is_not_null()
+    resp_inferred = has & pl.col("direction").is_null() & call_dir.is_not_null()
+    flipped = call_dir.replace_strict({CP_TO_CSMS: CSMS_TO_CP, CSMS_TO_CP: CP_TO_CSMS}, default=None)
+    return out.with_columns(
+        action=pl.when(has).then(pl.coalesce(pl.col("action"), call_action)).otherwise(pl.col("action")),
+        direction=pl.when(resp_inferred).then(flipped).otherwise(pl.col("direction")),
+        direction_inferred=pl.col("direction_inferred") | resp_inferred,
+        latency_ms=pl.when(has).then((pl.col("ts") - call_ts).dt.total_microseconds() / 1000.0),
+    )
+
+
+def _versions(msgs: pl.DataFrame) -> pl.DataFrame:
+    """Per connection: the subprotocol's version, else inferred from actions and payload keys."""
+    by_proto = (
+        msgs.filter(pl.col("subprotocol").is_not_null()).group_by("conn").agg(pl.col("subprotocol").first())
+    )
+    known = {c: from_subprotocol(s) for c, s in by_proto.iter_rows()}
+    calls = msgs.filter(pl.col("message_type").is_in(["CALL", "SEND"]))
+    fam = pl.col("action").replace_strict(_FAMILY, default=None)
+    keys2x = pl.col("payload").str.contains(
+        r'"(?:chargingStation|evseId|idToken|connectorStatus|transactionInfo)"'
+    )
+    keys16 = pl.col("payload").str.contains(r'"(?:chargePointVendor|connectorId|idTag|chargePointModel)"')
+    by_action = calls.select("conn", fam=fam).drop_nulls().unique()
+    # Shared actions say nothing by name; their payload keys do. A few per connection are enough.
+    by_keys = (
+        calls.filter(fam.is_null())
+        .group_by("conn", maintain_order=True)
+        .head(20)
+        .select("conn", fam=pl.when(keys2x).then(pl.lit("2.x")).when(keys16).then(pl.lit("1.6")))
+        .drop_nulls()
+        .unique()
+    )
+    ev = pl.concat([by_action, by_keys])
+    evidence: dict[str, list] = {}
+    for conn, f in ev.iter_rows():
+        evidence.setdefault(conn, []).append(f)
+    rows = []
+    for conn in msgs["conn"].unique().to_list():
+        v = known.get(conn)
+        rows.append((conn, v if v else infer(evidence.get(conn, [])), v is None))
+    table = pl.DataFrame(
+        rows,
+        schema={"conn": pl.String, "ocpp_version": pl.String, "version_inferred": pl.Boolean},
+        orient="row",
+    )
+    return table
+
+
+def _connections(msgs: pl.DataFrame, weirds: pl.DataFrame, versions: pl.DataFrame) -> pl.DataFrame:
+    mt = pl.col("message_type")
+    agg = msgs.group_by("conn").agg(
+        source=pl.col("source").first(),
+        charge_point_id=pl.col("charge_point_id").drop_nulls().first(),
+        subprotocol=pl.col("subprotocol").drop_nulls().first(),
+        first_ts=pl.col("ts").min(),
+        last_ts=pl.col("ts").max(),
+        messages=pl.len().cast(pl.Int64),
+        calls=(mt == "CALL").sum().cast(pl.Int64),
+        unanswered_calls=((mt == "CALL") & pl.col("response_index").is_null()).sum().cast(pl.Int64),
+        orphan_responses=(mt.is_in(RESPONSES) & pl.col("call_index").is_null()).sum().cast(pl.Int64),
+    )
+    w = weirds.group_by("conn").agg(weirds=pl.len().cast(pl.Int64), _wsrc=pl.col("source").first())
+    out = agg.join(w, on="conn", how="full", coalesce=True).join(versions, on="conn", how="left")
+    out = out.with_columns(
+        source=pl.coalesce(pl.col("source"), pl.col("_wsrc")),
+        weirds=pl.col("weirds").fill_null(0),
+        messages=pl.col("messages").fill_null(0),
+    )
+    return schemas.conform(out, schemas.CONNECTIONS).sort("first_ts", "conn", nulls_last=True)
+
+
+def build_tables(
+    batches: Iterable[pl.DataFrame],
+    *,
+    log_tz: str | None = None,
+    on_rows: Callable[[int], None] | None = None,
+) -> Tables:
+    """Decode every batch, merge sources by time, correlate, and build the three tables."""
+    msg_parts: list[pl.DataFrame] = []
+    weird_parts: list[pl.DataFrame] = []
+    sources: set[str] = set()
+    seq = 0
+
+    def collect(m: pl.DataFrame, w: pl.DataFrame) -> None:
+        nonlocal seq
+        if m.height:
+            sources.update(m["source"].unique().to_list())
+        if w.height:
+            sources.update(w["source"].unique().to_list())
+        msg_parts.append(m.with_columns(_seq=pl.int_range(seq, seq + m.height, dtype=pl.Int64)).drop("_r"))
+        seq += m.height
+        weird_parts.append(w.drop("_r"))
+        if on_rows:
+            on_rows(m.height + w.height)
+
+    # Decode batches on a small thread pool while the source reads the next one: Polars releases the GIL,
+    # so both cores work. At most ``workers + 1`` batches are in flight, which bounds memory.
+    workers = max(1, min(4, os.cpu_count() or 1))
+    pending: deque[Future] = deque()
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for batch in batches:
+            pending.append(pool.submit(_load_and_decode, batch, log_tz))
+            while len(pending) > workers:
+                collect(*pending.popleft().result())
+        while pending:
+            collect(*pending.popleft().result())
+    msgs = pl.concat(msg_parts, how="vertical_relaxed") if msg_parts else None
+    weirds = pl.concat(weird_parts, how="vertical_relaxed") if weird_parts else schemas.empty(schemas.WEIRDS)
+    if msgs is None or msgs.is_empty():
+        msgs = pl.DataFrame(schema={**schemas.MESSAGES, "subprotocol": pl.String, "_seq": pl.Int64})
+    msgs = _order(msgs, len(sources) > 1).drop("_seq")
+    msgs = msgs.with_row_index("idx").with_columns(pl.col("idx").cast(pl.Int64))
+    call_dir = pl.col("action").replace_strict(_CALL_DIRECTION, default=None)
+    needs = (
+        pl.col("direction").is_null()
+        & (pl.col("message_type").is_in(["CALL", "SEND"]))
+        & call_dir.is_not_null()
+    )
+    msgs = msgs.with_columns(
+        direction=pl.when(needs).then(call_dir).otherwise(pl.col("direction")),
+        direction_inferred=pl.col("direction_inferred").fill_null(False) | needs,
+    )
+    msgs = _correlate(msgs)
+    versions = _versions(msgs)
+    msgs = msgs.join(versions.select("conn", "ocpp_version"), on="conn", how="left").sort("idx")
+    weirds = schemas.conform(weirds, schemas.WEIRDS)
+    connections = _connections(msgs, weirds, versions)
+    messages = schemas.conform(msgs, schemas.MESSAGES)
+    notes = _notes(messages)
+    return Tables(messages, weirds, connections, notes)
+
+
+def _notes(messages: pl.DataFrame) -> list[str]:
+    notes = []
+    hints = messages.filter(pl.col("ts").is_null()).group_by("ts_hint").len().sort("len", descending=True)
+    for hint, n in hints.iter_rows():
+        notes.append(f"{n:,} messages have no observed time: {hint or 'unknown'}")
+    return notes
+
+
+def opposite_direction(d: str | None) -> str | None:  # re-export for callers of this module
+    return opposite(d)
