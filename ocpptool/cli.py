@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
@@ -46,7 +46,7 @@ def _parse_time(text: str | None, option: str) -> datetime | None:
         value = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         raise UserError(f"{option}: cannot read {text!r} as a time (use ISO 8601, e.g. 2024-05-01T10:00:00Z)") from None
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def _check_tz(log_tz: str | None) -> None:
@@ -114,7 +114,10 @@ def decode(
             for note in tables.notes:
                 err.print(f"note: {note}")
     else:
-        print_summary(tables, Console(), sources=paths)
+        out = Console()
+        if not out.is_terminal:
+            out = Console(width=200)  # a pipe or file: do not squeeze tables into 80 columns
+        print_summary(tables, out, sources=paths)
 
 
 @app.command()

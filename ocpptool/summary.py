@@ -11,8 +11,10 @@ from rich.table import Table
 from .tables.build import Tables
 
 
-def _fmt_ts(ts: datetime | None) -> str:
-    return ts.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC" if ts else "-"
+def _fmt_ts(ts: datetime | None, ms: bool = False) -> str:
+    if not ts:
+        return "-"
+    return ts.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC" if ms else ts.strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _span(a: datetime | None, b: datetime | None) -> str:
@@ -32,7 +34,7 @@ def print_summary(tables: Tables, console: Console, *, sources: list[str]) -> No
         f"[bold]{m.height:,}[/] messages from {len(sources)} source{'s' if len(sources) != 1 else ''}, "
         f"{cps} charge point{'s' if cps != 1 else ''}, {w.height:,} weird{'s' if w.height != 1 else ''}"
     )
-    console.print(f"time span: {_fmt_ts(first)} -> {_fmt_ts(last)} ({_span(first, last)})")  # type: ignore[arg-type]
+    console.print(f"time span: {_fmt_ts(first, True)} -> {_fmt_ts(last, True)} ({_span(first, last)})")  # type: ignore[arg-type]
     if m.height:
         types = m.group_by("message_type").len().sort("len", descending=True)
         console.print("types: " + ", ".join(f"{t} {n:,}" for t, n in types.iter_rows()))
@@ -45,7 +47,8 @@ def print_summary(tables: Tables, console: Console, *, sources: list[str]) -> No
     if c.height:
         t = Table(title="by charge point", title_justify="left", show_edge=False)
         for col in ("charge point", "version", "messages", "calls", "unanswered", "weirds", "first", "last"):
-            t.add_column(col, justify="right" if col in ("messages", "calls", "unanswered", "weirds") else "left")
+            t.add_column(col, justify="right" if col in ("messages", "calls", "unanswered", "weirds") else "left",
+                         no_wrap=True)
         per_cp = (
             c.group_by("charge_point_id", maintain_order=True)
             .agg(
@@ -75,7 +78,7 @@ def print_summary(tables: Tables, console: Console, *, sources: list[str]) -> No
         order = [x for x in ("CALL", "CALLRESULT", "CALLERROR", "CALLRESULTERROR", "SEND") if x in by_action.columns]
         by_action = by_action.with_columns(_total=pl.sum_horizontal(order)).sort("_total", descending=True)
         t = Table(title="by action", title_justify="left", show_edge=False)
-        t.add_column("action")
+        t.add_column("action", no_wrap=True)
         for col in order:
             t.add_column(col, justify="right")
         for row in by_action.iter_rows(named=True):

@@ -239,7 +239,7 @@ def total_size(paths: list[str]) -> int | None:
 def read_inputs(
     paths: list[str], *, input_format: str | None = None, on_bytes: Callable[[int], None] | None = None
 ) -> Iterator[RawBatch]:
-    for path in paths:
+    for path in expand_inputs(paths):
         yield from read_one(path, input_format=input_format, on_bytes=on_bytes)
 
 

@@ -392,7 +392,8 @@ def build_tables(
     msgs = pl.concat(msg_parts, how="vertical_relaxed") if msg_parts else None
     weirds = pl.concat(weird_parts, how="vertical_relaxed") if weird_parts else schemas.empty(schemas.WEIRDS)
     if msgs is None or msgs.is_empty():
-        msgs = pl.DataFrame(schema={**schemas.MESSAGES, "subprotocol": pl.String, "_seq": pl.Int64})
+        base = {k: v for k, v in schemas.MESSAGES.items() if k != "idx"}
+        msgs = pl.DataFrame(schema={**base, "subprotocol": pl.String, "_seq": pl.Int64})
     msgs = _order(msgs, len(sources) > 1).drop("_seq")
     msgs = msgs.with_row_index("idx").with_columns(pl.col("idx").cast(pl.Int64))
     call_dir = pl.col("action").replace_strict(_CALL_DIRECTION, default=None)
