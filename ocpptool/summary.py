@@ -34,9 +34,16 @@ def print_summary(tables: Tables, console: Console, *, sources: list[str]) -> No
         f"[bold]{m.height:,}[/] messages from {len(sources)} source{'s' if len(sources) != 1 else ''}, "
         f"{cps} charge point{'s' if cps != 1 else ''}, {w.height:,} weird{'s' if w.height != 1 else ''}"
     )
-    console.print(f"time span: {_fmt_ts(first, True)} -> {_fmt_ts(last, True)} ({_span(first, last)})")  # type: ignore[arg-type]
+    if first is None and m.height and m["ts_local"].null_count() < m.height:
+        lf, ll = m["ts_local"].min(), m["ts_local"].max()
+        console.print(
+            f"time span: {str(lf)[:23]} -> {str(ll)[:23]} local time, zone unknown ({_span(lf, ll)}; "  # type: ignore[arg-type]
+            "pass --log-tz to place it)"
+        )
+    else:
+        console.print(f"time span: {_fmt_ts(first, True)} -> {_fmt_ts(last, True)} ({_span(first, last)})")  # type: ignore[arg-type]
     if m.height:
-        types = m.group_by("message_type").len().sort("len", descending=True)
+        types = m.group_by("message_type").len().sort(["len", "message_type"], descending=[True, False])
         console.print("types: " + ", ".join(f"{t} {n:,}" for t, n in types.iter_rows()))
         unanswered = m.filter((pl.col("message_type") == "CALL") & pl.col("response_index").is_null()).height
         orphans = m.filter(
