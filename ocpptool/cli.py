@@ -67,6 +67,17 @@ InputFormatOpt = Annotated[
     str | None,
     typer.Option("--input-format", "-I", help="Force a reader instead of detecting it (see `ocpptool formats`)."),
 ]
+EngineOpt = Annotated[
+    str, typer.Option("--engine", help="Capture decoder: auto (native, or tshark with a key log), native or tshark.")
+]
+KeylogOpt = Annotated[
+    str | None,
+    typer.Option("--keylog", help="TLS key log (NSS format) for wss captures; SSLKEYLOGFILE is honoured too."),
+]
+PortOpt = Annotated[
+    list[int] | None,
+    typer.Option("--port", help="Treat this TCP port as OCPP WebSocket even without a handshake (repeatable)."),
+]
 LogTzOpt = Annotated[
     str | None, typer.Option("--log-tz", help="Time zone of log timestamps written without one (e.g. Europe/Berlin).")
 ]
@@ -86,10 +97,14 @@ def decode(
     input_format: InputFormatOpt = None,
     log_tz: LogTzOpt = None,
     weirds: Annotated[str | None, typer.Option("--weirds", help="Also write the weirds table here (same format rules).")] = None,
+    engine: EngineOpt = "auto",
+    keylog: KeylogOpt = None,
+    port: PortOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
 ) -> None:
     """Decode every OCPP-J frame into a messages table; print a summary or write it out."""
     from .pipeline import filter_messages, load
+    from .sources.capture import CaptureOptions
     from .summary import print_summary
     from .tables.writers import format_for, write_messages
 
@@ -99,7 +114,8 @@ def decode(
         raise UserError("--weirds cannot be written as an Open OCPP Trace (it has no frames); use .parquet or .csv")
     _check_tz(log_tz)
     t_since, t_until = _parse_time(since, "--since"), _parse_time(until, "--until")
-    tables, paths = load(inputs, input_format=input_format, log_tz=log_tz, progress=not quiet)
+    capture = CaptureOptions(engine=engine, keylog=keylog, ports=tuple(port or ()))
+    tables, paths = load(inputs, input_format=input_format, log_tz=log_tz, capture=capture, progress=not quiet)
     tables.messages = filter_messages(tables.messages, cps=cp, actions=action, since=t_since, until=t_until)
     err = Console(stderr=True)
     if output:
@@ -155,14 +171,10 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         return ExitStatus.OK
     except Exception as exc:  # the one place that catches everything
-        import click
-
-        if isinstance(exc, click.exceptions.UsageError):
-            exc.show()
-            return ExitStatus.BAD_INPUT
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            return exc.exit_code
+        show = getattr(exc, "show", None)
+        if show is not None and hasattr(exc, "exit_code"):  # click's UsageError / ClickException (vendored)
+            show()
+            return exc.exit_code  # type: ignore[attr-defined]
         if show_tb:
             raise
         print(f"ocpptool: internal error: {type(exc).__name__}: {exc} (run with --traceback for details)", file=sys.stderr)

@@ -8,16 +8,17 @@ import polars as pl
 
 from .progress import Progress
 from .sources import expand_inputs, read_inputs, total_size
+from .sources.capture import CaptureOptions
 from .tables.build import Tables, build_tables
 
 
 def load(inputs: list[str], *, input_format: str | None = None, log_tz: str | None = None,
-         progress: bool = True) -> tuple[Tables, list[str]]:
+         capture: CaptureOptions | None = None, progress: bool = True) -> tuple[Tables, list[str]]:
     paths = expand_inputs(inputs)
     prog = Progress(total_size(paths), label="decoding", enabled=progress)
     try:
         tables = build_tables(
-            read_inputs(paths, input_format=input_format, on_bytes=prog.bytes),
+            read_inputs(paths, input_format=input_format, capture=capture, on_bytes=prog.bytes),
             log_tz=log_tz,
             on_rows=prog.add_rows,
         )

@@ -19,6 +19,7 @@ from typing import BinaryIO
 import polars as pl
 
 from .base import RAW_SCHEMA, RawBatch, SourceError, conform
+from .capture import CaptureOptions
 
 SNIFF_BYTES = 64 << 10
 PCAP_MAGICS = (b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4", b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d")
@@ -143,10 +144,8 @@ def sniff(path: str, raw: BinaryIO, forced: str | None = None) -> Sniffed:
     if not head.strip():
         raise SourceError(f"{path}: empty file")
     if head[:4] in PCAP_MAGICS or head[:4] == PCAPNG_MAGIC:
-        raise SourceError(
-            f"{path}: packet capture (pcap/pcapng); capture decoding is not available in this version yet"
-        )
-    if forced:
+        return Sniffed("pcap", stream)
+    if forced and head[:4] not in PCAP_MAGICS and head[:4] != PCAPNG_MAGIC:
         if forced in ("trace", "jsonl"):
             detail = None
             if forced == "jsonl":
@@ -194,7 +193,11 @@ def _jsonl_detail(path: str, head: bytes, *, required: bool) -> dict | None:
 
 
 def read_one(
-    path: str, *, input_format: str | None = None, on_bytes: Callable[[int], None] | None = None
+    path: str,
+    *,
+    input_format: str | None = None,
+    capture: CaptureOptions | None = None,
+    on_bytes: Callable[[int], None] | None = None,
 ) -> Iterator[RawBatch]:
     """Yield the RawBatch frames of one input."""
     raw = _open_binary(path)
@@ -205,7 +208,7 @@ def read_one(
     try:
         sniffed = sniff(path, counted, input_format)
         try:
-            yield from _dispatch(sniffed, source)
+            yield from _dispatch(path, sniffed, source, capture or CaptureOptions())
         except (OSError, EOFError) as exc:
             raise SourceError(f"{path}: read error ({exc})") from None
     finally:
@@ -213,10 +216,14 @@ def read_one(
             raw.close()
 
 
-def _dispatch(sniffed: Sniffed, source: str) -> Iterator[RawBatch]:
+def _dispatch(path: str, sniffed: Sniffed, source: str, capture: CaptureOptions) -> Iterator[RawBatch]:
     from . import jsonl
 
-    if sniffed.kind == "trace":
+    if sniffed.kind == "pcap":
+        from .capture import read_capture
+
+        yield from read_capture(path, sniffed.stream, source, capture)
+    elif sniffed.kind == "trace":
         yield from jsonl.read_trace(sniffed.stream, source)
     elif sniffed.kind == "jsonl":
         assert sniffed.detail is not None
@@ -237,10 +244,14 @@ def total_size(paths: list[str]) -> int | None:
 
 
 def read_inputs(
-    paths: list[str], *, input_format: str | None = None, on_bytes: Callable[[int], None] | None = None
+    paths: list[str],
+    *,
+    input_format: str | None = None,
+    capture: CaptureOptions | None = None,
+    on_bytes: Callable[[int], None] | None = None,
 ) -> Iterator[RawBatch]:
     for path in expand_inputs(paths):
-        yield from read_one(path, input_format=input_format, on_bytes=on_bytes)
+        yield from read_one(path, input_format=input_format, capture=capture, on_bytes=on_bytes)
 
 
 def empty() -> pl.DataFrame:

@@ -45,6 +45,36 @@ RAW_SCHEMA: dict[str, pl.DataType] = {
 RawBatch = pl.DataFrame
 BATCH_ROWS = 200_000
 
+#: What a capture knows about each connection beyond its frames (``ConnMeta``). Log sources never send it.
+CONN_META_SCHEMA: dict[str, pl.DataType] = {
+    "conn": pl.String(),
+    "source": pl.String(),
+    "charge_point_id": pl.String(),  # last URL path segment of the HTTP upgrade
+    "url_path": pl.String(),
+    "client": pl.String(),  # "ip:port" ("[v6]:port"); the charger is the WebSocket client
+    "server": pl.String(),
+    "subprotocol": pl.String(),  # from the server's 101 response (else the client's first offer)
+    "compression": pl.String(),  # e.g. "permessage-deflate; client_max_window_bits=12" or null
+    "tls": pl.Boolean(),
+    "auth": pl.String(),  # "basic user=<name>" / "bearer": the scheme and user only, never the secret
+    "opened": pl.Datetime("us", "UTC"),  # SYN (or first packet seen)
+    "closed": pl.Datetime("us", "UTC"),  # FIN/RST or close frame (null if the capture ends first)
+    "close_code": pl.Int32(),
+    "close_reason": pl.String(),
+    "handshake_seen": pl.Boolean(),
+    "ocpp": pl.Boolean(),  # false: a non-OCPP WebSocket (its frames are counted, not decoded)
+    "ws_frames": pl.Int64(),  # data frames seen, both directions
+    "non_ocpp_frames": pl.Int64(),
+    "duplicate_of": pl.String(),  # set when an "any"-interface capture holds this connection twice
+}
+
+
+@dataclass(frozen=True)
+class ConnMeta:
+    """Connection facts from a capture, yielded by a source between its RawBatch frames."""
+
+    frame: pl.DataFrame  # CONN_META_SCHEMA
+
 
 class SourceError(Exception):
     """A whole input cannot be read (unreadable, empty, binary, unrecognised). One line for the user."""

@@ -26,6 +26,7 @@ from ..protocol import Correlator, Event, MessageType, decode
 from ..protocol.actions import ALL_ACTIONS, BIDIRECTIONAL, CP_INITIATED, CP_TO_CSMS, CSMS_TO_CP, opposite
 from ..protocol.frames import HEAD_PATTERN, Frame
 from ..protocol.versions import ONLY_2X, ONLY_16, ONLY_21, from_subprotocol, infer
+from ..sources.base import ConnMeta
 from ..sources.timeparse import parse_ts
 from . import schemas
 
@@ -214,9 +215,11 @@ def decode_batch(raw: pl.DataFrame, log_tz: str | None = None) -> tuple[pl.DataF
     return msgs, weirds
 
 
-def _load_and_decode(batch, log_tz: str | None) -> tuple[pl.DataFrame, pl.DataFrame]:
+def _load_and_decode(batch, log_tz: str | None) -> tuple[pl.DataFrame, pl.DataFrame] | ConnMeta:
     """Run in a worker: a source may hand over a thunk so that parsing, too, happens in parallel."""
     frame = batch() if callable(batch) else batch
+    if isinstance(frame, ConnMeta):
+        return frame
     return decode_batch(frame, log_tz)
 
 
@@ -331,7 +334,9 @@ def _versions(msgs: pl.DataFrame) -> pl.DataFrame:
     return table
 
 
-def _connections(msgs: pl.DataFrame, weirds: pl.DataFrame, versions: pl.DataFrame) -> pl.DataFrame:
+def _connections(
+    msgs: pl.DataFrame, weirds: pl.DataFrame, versions: pl.DataFrame, meta: pl.DataFrame | None
+) -> pl.DataFrame:
     mt = pl.col("message_type")
     agg = msgs.group_by("conn").agg(
         source=pl.col("source").first(),
@@ -346,6 +351,13 @@ def _connections(msgs: pl.DataFrame, weirds: pl.DataFrame, versions: pl.DataFram
     )
     w = weirds.group_by("conn").agg(weirds=pl.len().cast(pl.Int64), _wsrc=pl.col("source").first())
     out = agg.join(w, on="conn", how="full", coalesce=True).join(versions, on="conn", how="left")
+    if meta is not None and meta.height:
+        # Capture facts first; a connection with no OCPP frame at all (non-OCPP, or empty) still gets a row.
+        out = meta.join(out, on="conn", how="full", coalesce=True, suffix="_m").with_columns(
+            source=pl.coalesce(pl.col("source"), pl.col("source_m")),
+            charge_point_id=pl.coalesce(pl.col("charge_point_id"), pl.col("charge_point_id_m")),
+            subprotocol=pl.coalesce(pl.col("subprotocol"), pl.col("subprotocol_m")),
+        )
     out = out.with_columns(
         source=pl.coalesce(pl.col("source"), pl.col("_wsrc")),
         weirds=pl.col("weirds").fill_null(0),
@@ -363,11 +375,16 @@ def build_tables(
     """Decode every batch, merge sources by time, correlate, and build the three tables."""
     msg_parts: list[pl.DataFrame] = []
     weird_parts: list[pl.DataFrame] = []
+    meta_parts: list[pl.DataFrame] = []
     sources: set[str] = set()
     seq = 0
 
-    def collect(m: pl.DataFrame, w: pl.DataFrame) -> None:
+    def collect(result: tuple[pl.DataFrame, pl.DataFrame] | ConnMeta) -> None:
         nonlocal seq
+        if isinstance(result, ConnMeta):
+            meta_parts.append(result.frame)
+            return
+        m, w = result
         if m.height:
             sources.update(m["source"].unique().to_list())
         if w.height:
@@ -386,9 +403,9 @@ def build_tables(
         for batch in batches:
             pending.append(pool.submit(_load_and_decode, batch, log_tz))
             while len(pending) > workers:
-                collect(*pending.popleft().result())
+                collect(pending.popleft().result())
         while pending:
-            collect(*pending.popleft().result())
+            collect(pending.popleft().result())
     msgs = pl.concat(msg_parts, how="vertical_relaxed") if msg_parts else None
     weirds = pl.concat(weird_parts, how="vertical_relaxed") if weird_parts else schemas.empty(schemas.WEIRDS)
     if msgs is None or msgs.is_empty():
@@ -410,7 +427,8 @@ def build_tables(
     versions = _versions(msgs)
     msgs = msgs.join(versions.select("conn", "ocpp_version"), on="conn", how="left").sort("idx")
     weirds = schemas.conform(weirds, schemas.WEIRDS)
-    connections = _connections(msgs, weirds, versions)
+    meta = pl.concat(meta_parts, how="vertical_relaxed") if meta_parts else None
+    connections = _connections(msgs, weirds, versions, meta)
     messages = schemas.conform(msgs, schemas.MESSAGES)
     notes = _notes(messages)
     return Tables(messages, weirds, connections, notes)

@@ -48,17 +48,23 @@ CONNECTIONS: dict[str, pl.DataType] = {
     "conn": pl.String(),
     "source": pl.String(),
     "charge_point_id": pl.String(),
-    "url_path": pl.String(),
-    "client": pl.String(),  # ip:port, captures only
+    "url_path": pl.String(),  # captures only, from here to duplicate_of
+    "client": pl.String(),  # ip:port; the charger is the WebSocket client
     "server": pl.String(),
     "subprotocol": pl.String(),
     "ocpp_version": pl.String(),
     "version_inferred": pl.Boolean(),
     "compression": pl.String(),
     "tls": pl.Boolean(),
+    "auth": pl.String(),  # scheme and user only, never the secret
+    "handshake_seen": pl.Boolean(),
     "opened": TS,
     "closed": TS,
     "close_code": pl.Int32(),
+    "close_reason": pl.String(),
+    "ocpp": pl.Boolean(),  # false for a non-OCPP WebSocket (its frames are counted, not decoded)
+    "non_ocpp_frames": pl.Int64(),
+    "duplicate_of": pl.String(),  # an "any"-interface capture held this connection twice; this copy was dropped
     "first_ts": TS,
     "last_ts": TS,
     "messages": pl.Int64(),
