@@ -107,7 +107,7 @@ def _looks_like_frame(v: object) -> bool:
 
 
 def _chunks(stream: BinaryIO, on_bytes: Callable[[int], None] | None) -> Iterator[tuple[int, bytes]]:
-    """Yield (first line number, chunk of whole lines)."""
+    """Yield (first line number, chunk of whole lines), reading big blocks."""
     carry = b""
     line_no = 1
     while True:
@@ -118,12 +118,12 @@ def _chunks(stream: BinaryIO, on_bytes: Callable[[int], None] | None) -> Iterato
             if carry:
                 yield line_no, carry if carry.endswith(b"\n") else carry + b"\n"
             return
-        data = carry + block
-        cut = data.rfind(b"\n")
+        cut = block.rfind(b"\n")
         if cut < 0:
-            carry = data
+            carry += block
             continue
-        chunk, carry = data[: cut + 1], data[cut + 1 :]
+        chunk = carry + block[: cut + 1] if carry else block[: cut + 1]
+        carry = block[cut + 1 :]
         yield line_no, chunk
         line_no += chunk.count(b"\n")
 
@@ -132,15 +132,13 @@ def _read_chunk(
     chunk: bytes, first_line: int, schema: dict
 ) -> tuple[pl.DataFrame, list[tuple[int, str, str]]]:
     """Parse one chunk; returns the rows (with ``_line``) and broken lines as (line, reason, excerpt)."""
-    clean = b"\n\n" not in chunk and not chunk.startswith(b"\n") and b"\n \n" not in chunk
-    if clean:
-        try:
-            df = pl.read_ndjson(io.BytesIO(chunk), schema=schema)
-            return df.with_row_index("_line", offset=first_line).with_columns(
-                pl.col("_line").cast(pl.Int64)
-            ), []
-        except Exception:  # noqa: BLE001 - a broken line somewhere: find it line by line below
-            pass
+    try:
+        df = pl.read_ndjson(chunk, schema=schema)
+    except Exception:  # noqa: BLE001 - a broken line somewhere: find it line by line below
+        df = None
+    # The reader skips blank lines; only when every line gave a row do row numbers equal line numbers.
+    if df is not None and df.height == chunk.count(b"\n"):
+        return df.with_row_index("_line", offset=first_line).with_columns(pl.col("_line").cast(pl.Int64)), []
     good: list[bytes] = []
     good_lines: list[int] = []
     bad: list[tuple[int, str, str]] = []
@@ -269,38 +267,39 @@ def _jsonl_chunk(chunk: bytes, first: int, source: str, fields: dict[str, str | 
     return pl.concat(parts) if parts else conform(pl.DataFrame())
 
 
+def _map_unique(df: pl.DataFrame, key: str | None, fn: Callable[[str], str | None]) -> pl.Expr:
+    """Map a low-cardinality column through ``fn`` once per distinct value, not once per row."""
+    if not key:
+        return pl.lit(None, dtype=pl.String)
+    mapping = {v: fn(v) for v in df[key].unique().drop_nulls().to_list()}
+    return pl.col(key).replace_strict(mapping, default=None, return_dtype=pl.String)
+
+
+def _direction(value: str) -> str | None:
+    return _DIRECTION_MAP.get(value.strip().lower().replace(" ", ""))
+
+
+def _subprotocol(value: str) -> str | None:
+    v = value.strip()
+    return v if v.lower().startswith("ocpp") else f"ocpp{v}"
+
+
 def _jsonl_rows(df: pl.DataFrame, source: str, fields: dict[str, str | None]) -> pl.DataFrame:
-    if True:
+    def col(role: str) -> pl.Expr:
+        key = fields.get(role)
+        return pl.col(key) if key else pl.lit(None, dtype=pl.String)
 
-        def col(role: str) -> pl.Expr:
-            key = fields.get(role)
-            return pl.col(key) if key else pl.lit(None, dtype=pl.String)
-
-        direction = (
-            col("direction")
-            .str.to_lowercase()
-            .str.replace_all(" ", "")
-            .replace_strict(_DIRECTION_MAP, default=None)
-        )
-        proto = col("subprotocol")
-        proto = (
-            pl.when(proto.str.starts_with("ocpp"))
-            .then(proto)
-            .otherwise(pl.concat_str([pl.lit("ocpp"), proto]))
-        )
-        text = col("message")
-        out = df.select(
-            ts_text=col("ts"),
-            source=pl.lit(source),
-            source_pos=pl.col("_line"),
-            conn=pl.coalesce(col("conn"), col("cp")),
-            charge_point_id=col("cp"),
-            direction=direction,
-            subprotocol=proto,
-            text=text,
-            weird_reason=pl.when(text.is_null()).then(pl.lit("unparsable-line")),
-            weird_detail=pl.when(text.is_null()).then(
-                pl.lit(f"record without a '{fields['message']}' field")
-            ),
-        )
-        return conform(out)
+    text = col("message")
+    out = df.select(
+        ts_text=col("ts"),
+        source=pl.lit(source),
+        source_pos=pl.col("_line"),
+        conn=pl.coalesce(col("conn"), col("cp")),
+        charge_point_id=col("cp"),
+        direction=_map_unique(df, fields.get("direction"), _direction),
+        subprotocol=_map_unique(df, fields.get("subprotocol"), _subprotocol),
+        text=text,
+        weird_reason=pl.when(text.is_null()).then(pl.lit("unparsable-line")),
+        weird_detail=pl.when(text.is_null()).then(pl.lit(f"record without a '{fields['message']}' field")),
+    )
+    return conform(out)

@@ -114,102 +114,75 @@ def _bodies_valid(bodies: pl.Series) -> pl.Series:
         )
 
 
-def decode_batch(raw: pl.DataFrame, log_tz: str | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Decode one RawBatch into (messages rows without idx/correlation, weirds rows); ``_r`` keeps order."""
-    raw = (
-        parse_ts(raw, log_tz)
-        .with_row_index("_r")
-        .with_columns(
-            pl.col("_r").cast(pl.Int64),
-            conn=pl.coalesce(pl.col("conn"), pl.col("charge_point_id"), pl.col("source")),
-        )
-    )
-    pre = raw.filter(pl.col("weird_reason").is_not_null())
-    rest = raw.filter(pl.col("weird_reason").is_null())
+_KEEP = ["_r", "ts", "ts_local", "ts_hint", "source", "source_pos", "conn", "charge_point_id", "direction",
+         "direction_inferred", "subprotocol", "note"]  # fmt: skip
+_FRAME_COLS = ["message_type", "message_id", "action", "payload", "error_code", "error_description", "error_details"]
+_WEIRD_KEEP = ["_r", "ts", "ts_local", "source", "source_pos", "conn", "charge_point_id", "direction"]
 
-    text = pl.col("text").str.strip_chars()
-    rest = rest.with_columns(_h=text.str.extract_groups(_HEAD_WITH_ALL))
+
+def decode_batch(raw: pl.DataFrame, log_tz: str | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Decode one RawBatch into (messages rows without idx/correlation, weirds rows); ``_r`` keeps order.
+
+    Written to touch the string columns as few times as possible: one lazy pass splits every envelope,
+    one vectorised JSON check validates the payloads, and only rows that fail either go through Python.
+    """
+    raw = parse_ts(raw, log_tz)
     h = pl.col("_h")
     hlen = h.struct.field("1").str.len_chars()
-    rest = rest.with_columns(
-        message_type=h.struct.field("2").replace_strict(
-            {"2": "CALL", "3": "CALLRESULT", "6": "SEND"}, default=None
-        ),
+    t = pl.col("_t")
+    df = raw.with_row_index("_r").with_columns(_t=pl.col("text").str.strip_chars())
+    df = df.with_columns(_h=t.str.extract_groups(_HEAD_WITH_ALL))
+    df = df.with_columns(
+        pl.col("_r").cast(pl.Int64),
+        conn=pl.coalesce(pl.col("conn"), pl.col("charge_point_id"), pl.col("source")),
+        message_type=h.struct.field("2").replace_strict({"2": "CALL", "3": "CALLRESULT", "6": "SEND"}, default=None),
         message_id=h.struct.field("3"),
         action=h.struct.field("4"),
-        payload=text.str.slice(hlen, text.str.len_chars() - hlen - 1).str.strip_chars_end(),
-        _end=text.str.ends_with("]"),
-    ).drop("_h")
-    shape_ok = (
-        pl.col("_end")
-        & pl.col("payload").str.starts_with("{")
-        & (
-            (pl.col("message_type").is_in(["CALL", "SEND"]) & pl.col("action").is_not_null())
-            | ((pl.col("message_type") == "CALLRESULT") & pl.col("action").is_null())
-        )
-    ).fill_null(False)
-    rest = rest.with_columns(_fast=shape_ok)
-    candidates = rest.filter(pl.col("_fast"))
-    if candidates.height:
-        valid = _bodies_valid(candidates["payload"])
-        if not valid.all():
-            rest = rest.with_columns(
-                _fast=pl.col("_fast") & pl.col("_r").is_in(candidates.filter(valid)["_r"].implode())
+        payload=t.str.slice(hlen, t.str.len_chars() - hlen - 1).str.strip_chars_end(),
+        _end=t.str.ends_with("]"),
+    )
+    df = df.with_columns(
+        _fast=(
+            pl.col("weird_reason").is_null()
+            & pl.col("_end")
+            & pl.col("payload").str.starts_with("{")
+            & (
+                (pl.col("message_type").is_in(["CALL", "SEND"]) & pl.col("action").is_not_null())
+                | ((pl.col("message_type") == "CALLRESULT") & pl.col("action").is_null())
             )
-    fast = rest.filter(pl.col("_fast"))
-    slow_frames, slow_weirds = _python_decode(rest.filter(~pl.col("_fast")).select("_r", "text"))
-    keep = [
-        "_r",
-        "ts",
-        "ts_local",
-        "ts_hint",
-        "source",
-        "source_pos",
-        "conn",
-        "charge_point_id",
-        "direction",
-        "direction_inferred",
-        "subprotocol",
-        "note",
-    ]
-    frame_cols = [
-        "message_type",
-        "message_id",
-        "action",
-        "payload",
-        "error_code",
-        "error_description",
-        "error_details",
-    ]
+        ).fill_null(False)
+    )
+    n_fast = int(df["_fast"].sum())
+    if n_fast == df.height:
+        if df.height and not _bodies_valid(df["payload"]).all():
+            df = df.with_columns(_fast=_bodies_valid(df["payload"]))
+            n_fast = -1
+    elif n_fast:
+        cand = df.filter(pl.col("_fast"))
+        valid = _bodies_valid(cand["payload"])
+        if not valid.all():
+            bad = cand.filter(~valid)["_r"]
+            df = df.with_columns(_fast=pl.col("_fast") & ~pl.col("_r").is_in(bad.implode()))
+    nulls = [pl.lit(None, pl.String).alias(c) for c in ("error_code", "error_description", "error_details")]
+    if n_fast == df.height:  # the common case: every row a well-formed CALL/CALLRESULT
+        msgs = df.select(*_KEEP, *_FRAME_COLS[:4], *nulls)
+        return msgs, pl.DataFrame(schema={c: df.schema[c] for c in _WEIRD_KEEP} | {
+            "reason": pl.String, "detail": pl.String, "excerpt": pl.String})
+    fast = df.filter(pl.col("_fast")).select(*_KEEP, *_FRAME_COLS[:4], *nulls)
+    rest = df.filter(~pl.col("_fast"))
+    pre = rest.filter(pl.col("weird_reason").is_not_null())
+    slow_frames, slow_weirds = _python_decode(rest.filter(pl.col("weird_reason").is_null()).select("_r", "text"))
     if slow_frames.height:
-        slow = slow_frames.join(raw.select(keep), on="_r", how="left")
-        msgs = pl.concat([fast, slow], how="diagonal_relaxed").sort("_r")
+        slow = slow_frames.join(rest.select(_KEEP), on="_r", how="left").select(*_KEEP, *_FRAME_COLS)
+        msgs = pl.concat([fast, slow], how="vertical_relaxed").sort("_r")
     else:
         msgs = fast
-    msgs = (
-        msgs.select(keep + frame_cols)
-        if slow_frames.height
-        else msgs.with_columns(
-            error_code=pl.lit(None, pl.String),
-            error_description=pl.lit(None, pl.String),
-            error_details=pl.lit(None, pl.String),
-        ).select(keep + frame_cols)
-    )
-    pre_w = pre.select(
-        "_r",
-        reason=pl.col("weird_reason"),
-        detail=pl.col("weird_detail"),
-        excerpt=pl.col("text").str.slice(0, 200),
-    )
+    pre_w = pre.select("_r", reason=pl.col("weird_reason"), detail=pl.col("weird_detail"),
+                       excerpt=pl.col("text").str.slice(0, 200))
     weirds = (
         pl.concat([pre_w, slow_weirds], how="vertical_relaxed")
-        .join(
-            raw.select(
-                "_r", "ts", "ts_local", "source", "source_pos", "conn", "charge_point_id", "direction"
-            ),
-            on="_r",
-            how="left",
-        )
+        .join(rest.select(_WEIRD_KEEP), on="_r", how="left")
+        .select(*_WEIRD_KEEP, "reason", "detail", "excerpt")
         .sort("_r")
     )
     return msgs, weirds
@@ -242,27 +215,36 @@ def _correlate(msgs: pl.DataFrame) -> pl.DataFrame:
     """Fill call_index, response_index, action of responses, inferred directions and latency."""
     mt = pl.col("message_type")
     is_call, is_resp = mt == "CALL", mt.is_in(RESPONSES)
-    ev = msgs.filter(is_call | is_resp).select("idx", "conn", "message_id", "direction", "message_type")
-    g = ev.group_by("conn", "message_id").agg(
+    # Group by a 64-bit hash of (conn, message_id): much faster than two string keys. A collision can only
+    # merge two groups; merged groups fail the "simple" test (ids and conns compared for real) and go to the
+    # exact Correlator below, so a collision costs time, never correctness.
+    ev = msgs.filter(is_call | is_resp).select(
+        "idx", "conn", "message_id", "direction", "message_type", _k=pl.struct("conn", "message_id").hash()
+    )
+    g = ev.group_by("_k").agg(
         n_call=is_call.sum(),
         n_resp=is_resp.sum(),
         n_null=pl.col("direction").is_null().sum(),
+        n_ids=pl.col("message_id").n_unique(),
+        n_conns=pl.col("conn").n_unique(),
         call_idx=pl.col("idx").filter(is_call).first(),
         call_dir=pl.col("direction").filter(is_call).first(),
         resp_idx=pl.col("idx").filter(is_resp).first(),
         resp_dir=pl.col("direction").filter(is_resp).first(),
     )
-    simple = g.filter((pl.col("n_call") == 1) & (pl.col("n_resp") == 1) & (pl.col("n_null") == 0))
-    pairs_fast = simple.filter(
-        (pl.col("resp_idx") > pl.col("call_idx")) & (pl.col("call_dir") != pl.col("resp_dir"))
+    is_simple = (
+        (pl.col("n_call") == 1) & (pl.col("n_resp") == 1) & (pl.col("n_null") == 0)
+        & (pl.col("n_ids") == 1) & (pl.col("n_conns") == 1)
+    )  # fmt: skip
+    g = g.with_columns(_simple=is_simple)
+    pairs_fast = g.filter(
+        pl.col("_simple") & (pl.col("resp_idx") > pl.col("call_idx")) & (pl.col("call_dir") != pl.col("resp_dir"))
     ).select(resp=pl.col("resp_idx"), call=pl.col("call_idx"))
-    tricky = g.filter((pl.col("n_call") >= 1) & (pl.col("n_resp") >= 1)).join(
-        simple.select("conn", "message_id"), on=["conn", "message_id"], how="anti"
-    )
+    tricky = g.filter(~pl.col("_simple") & (pl.col("n_call") >= 1) & (pl.col("n_resp") >= 1)).select("_k")
     resp_l: list[int] = []
     call_l: list[int] = []
     if tricky.height:
-        rows = ev.join(tricky.select("conn", "message_id"), on=["conn", "message_id"], how="semi").sort("idx")
+        rows = ev.join(tricky, on="_k", how="semi").sort("idx").drop("_k")
         cor = Correlator()
         for idx, conn, mid, direction, mtype in rows.iter_rows():
             m = cor.feed(Event(idx, conn, direction, MessageType[mtype], mid))
@@ -278,8 +260,9 @@ def _correlate(msgs: pl.DataFrame) -> pl.DataFrame:
     pairs = pairs.sort("resp")
     n = msgs.height
     resp_idx, call_idx = pairs["resp"], pairs["call"]
-    call_index = pl.Series("call_index", [None] * n, dtype=pl.Int64).scatter(resp_idx, call_idx)
-    response_index = pl.Series("response_index", [None] * n, dtype=pl.Int64).scatter(call_idx, resp_idx)
+    nulls = pl.repeat(None, n, dtype=pl.Int64, eager=True)
+    call_index = nulls.alias("call_index").scatter(resp_idx, call_idx)
+    response_index = nulls.clone().alias("response_index").scatter(call_idx, resp_idx)
     out = msgs.with_columns(call_index, response_index)
     ci = pl.col("call_index")
     call_dir = pl.col("direction").gather(ci.fill_null(0))
@@ -302,7 +285,11 @@ def _versions(msgs: pl.DataFrame) -> pl.DataFrame:
         msgs.filter(pl.col("subprotocol").is_not_null()).group_by("conn").agg(pl.col("subprotocol").first())
     )
     known = {c: from_subprotocol(s) for c, s in by_proto.iter_rows()}
-    calls = msgs.filter(pl.col("message_type").is_in(["CALL", "SEND"]))
+    unknown = [c for c, v in known.items() if v is None]
+    calls = msgs.filter(
+        pl.col("message_type").is_in(["CALL", "SEND"])
+        & (~pl.col("conn").is_in(list(known)) | pl.col("conn").is_in(unknown))
+    )
     fam = pl.col("action").replace_strict(_FAMILY, default=None)
     keys2x = pl.col("payload").str.contains(
         r'"(?:chargingStation|evseId|idToken|connectorStatus|transactionInfo)"'
@@ -397,7 +384,7 @@ def build_tables(
 
     # Decode batches on a small thread pool while the source reads the next one: Polars releases the GIL,
     # so both cores work. At most ``workers + 1`` batches are in flight, which bounds memory.
-    workers = max(1, min(4, os.cpu_count() or 1))
+    workers = int(os.environ.get("OCPPTOOL_WORKERS", "0")) or max(1, min(4, os.cpu_count() or 1))
     pending: deque[Future] = deque()
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for batch in batches:
