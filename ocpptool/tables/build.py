@@ -295,7 +295,7 @@ def _versions(msgs: pl.DataFrame) -> pl.DataFrame:
         r'"(?:chargingStation|evseId|idToken|connectorStatus|transactionInfo)"'
     )
     keys16 = pl.col("payload").str.contains(r'"(?:chargePointVendor|connectorId|idTag|chargePointModel)"')
-    by_action = calls.select("conn", fam=fam).drop_nulls().unique()
+    by_action = calls.select("conn", "action").unique().select("conn", fam=fam).drop_nulls().unique()
     # Shared actions say nothing by name; their payload keys do. A few per connection are enough.
     by_keys = (
         calls.filter(fam.is_null())
@@ -393,8 +393,9 @@ def build_tables(
                 collect(pending.popleft().result())
         while pending:
             collect(pending.popleft().result())
-    msgs = pl.concat(msg_parts, how="vertical_relaxed") if msg_parts else None
+    msgs = pl.concat(msg_parts, how="vertical_relaxed", rechunk=False) if msg_parts else None
     weirds = pl.concat(weird_parts, how="vertical_relaxed") if weird_parts else schemas.empty(schemas.WEIRDS)
+    msg_parts.clear()  # the parts live on only inside the concatenated frame
     if msgs is None or msgs.is_empty():
         base = {k: v for k, v in schemas.MESSAGES.items() if k != "idx"}
         msgs = pl.DataFrame(schema={**base, "subprotocol": pl.String, "_seq": pl.Int64})
@@ -412,7 +413,10 @@ def build_tables(
     )
     msgs = _correlate(msgs)
     versions = _versions(msgs)
-    msgs = msgs.join(versions.select("conn", "ocpp_version"), on="conn", how="left").sort("idx")
+    version_of = dict(versions.select("conn", "ocpp_version").iter_rows())
+    msgs = msgs.with_columns(
+        ocpp_version=pl.col("conn").replace_strict(version_of, default=None, return_dtype=pl.String)
+    )
     weirds = schemas.conform(weirds, schemas.WEIRDS)
     meta = pl.concat(meta_parts, how="vertical_relaxed") if meta_parts else None
     connections = _connections(msgs, weirds, versions, meta)

@@ -116,7 +116,7 @@ def trace_lines(messages: pl.DataFrame) -> pl.Series:
 def write_messages(messages: pl.DataFrame, path: str, fmt: str) -> None:
     try:
         if fmt == "parquet":
-            messages.write_parquet(path)
+            messages.write_parquet(path, compression="zstd", compression_level=1)
         elif fmt == "csv":
             messages.write_csv(path)
         elif fmt == "jsonl":
