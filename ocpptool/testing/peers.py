@@ -520,7 +520,8 @@ class Csms:
 
     @property
     def url(self) -> str:
-        return f"ws://{self.host}:{self.port}/ocpp"
+        host = f"[{self.host}]" if ":" in self.host else self.host  # an IPv6 literal needs brackets
+        return f"ws://{host}:{self.port}/ocpp"
 
     @property
     def frames_recorded(self) -> int:
