@@ -136,6 +136,121 @@ def decode(
         print_summary(tables, out, sources=paths)
 
 
+def _options(settings: list[str] | None):
+    from dataclasses import fields, replace
+
+    from .analysis import Options
+
+    opts = Options()
+    known = {f.name: f.type for f in fields(Options)}
+    for item in settings or []:
+        name, sep, value = item.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or name not in known:
+            raise UserError(f"--set {item!r}: expected NAME=VALUE with NAME one of {', '.join(known)}")
+        try:
+            typed = int(value) if known[name] in (int, "int") else float(value)
+        except ValueError:
+            raise UserError(f"--set {item!r}: {value!r} is not a number") from None
+        opts = replace(opts, **{name: typed})
+    return opts
+
+
+@app.command()
+def analyze(
+    inputs: InputsArg,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="Report format: text or json.")] = "text",
+    export: Annotated[
+        str | None, typer.Option("--export", help="Write every table (messages, findings, ...) as Parquet here.")
+    ] = None,
+    fail_on: Annotated[
+        str | None, typer.Option("--fail-on", help="Exit 3 if there is a finding at this severity or above: warning or error.")
+    ] = None,
+    settings: Annotated[
+        list[str] | None, typer.Option("--set", help="Change a threshold, e.g. --set clock_drift_s=120 (see `ocpptool explain --options`).")
+    ] = None,
+    only: Annotated[list[str] | None, typer.Option("--only", help="Run only these detectors (repeatable).")] = None,
+    cp: Annotated[list[str] | None, typer.Option("--cp", help="Only these charge points (repeatable).")] = None,
+    input_format: InputFormatOpt = None,
+    log_tz: LogTzOpt = None,
+    engine: EngineOpt = "auto",
+    keylog: KeylogOpt = None,
+    port: PortOpt = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
+) -> None:
+    """Find what breaks billing: clock drift, orphaned or duplicate transactions, meters going backwards..."""
+    from .analysis import DETECTORS, run
+    from .analysis.registry import SEVERITY_RANK, _load_detectors
+    from .pipeline import export_tables, load, restrict_cps
+    from .report import print_report, to_json
+    from .sources.capture import CaptureOptions
+
+    if fmt not in ("text", "json"):
+        raise UserError(f"--format {fmt!r}: choose text or json")
+    if fail_on not in (None, "warning", "error"):
+        raise UserError(f"--fail-on {fail_on!r}: choose warning or error")
+    _check_tz(log_tz)
+    options = _options(settings)
+    _load_detectors()
+    unknown = [c for c in only or [] if c not in DETECTORS]
+    if unknown:
+        raise UserError(f"--only: unknown detector {', '.join(unknown)} (see `ocpptool explain`)")
+    capture = CaptureOptions(engine=engine, keylog=keylog, ports=tuple(port or ()))
+    tables, _ = load(inputs, input_format=input_format, log_tz=log_tz, capture=capture, progress=not quiet)
+    if cp:
+        tables = restrict_cps(tables, cp)
+    analysis = run(tables, options, only=only)
+    if export:
+        export_tables(analysis, export)
+    if fmt == "json":
+        sys.stdout.buffer.write(to_json(analysis))
+        sys.stdout.flush()
+    else:
+        out = Console()
+        if not out.is_terminal:
+            out = Console(width=200)
+        print_report(analysis, out)
+    if fail_on and analysis.findings.height:
+        worst = min(SEVERITY_RANK[s] for s in analysis.findings["severity"].to_list())
+        if worst <= SEVERITY_RANK[fail_on]:
+            raise typer.Exit(ExitStatus.FINDINGS)
+
+
+@app.command()
+def explain(
+    code: Annotated[str | None, typer.Argument(help="A finding code; without it, list them all.")] = None,
+    options: Annotated[bool, typer.Option("--options", help="List the thresholds --set can change.")] = False,
+) -> None:
+    """Explain what a finding code means (or list every code)."""
+    import textwrap
+    from dataclasses import fields
+
+    from .analysis import DETECTORS, Options
+    from .analysis.registry import FAMILIES, _load_detectors
+
+    _load_detectors()
+    if options:
+        for f in fields(Options):
+            typer.echo(f"{f.name:30s} default {f.default}")
+        return
+    if code is None:
+        for family in FAMILIES:
+            typer.echo(f"{family}:")
+            for d in DETECTORS.values():
+                if d.family == family:
+                    typer.echo(f"  {d.code:34s} {d.severity:8s} {d.title}")
+        return
+    d = DETECTORS.get(code)
+    if d is None:
+        import difflib
+
+        near = difflib.get_close_matches(code, list(DETECTORS), n=3)
+        hint = f" (did you mean {', '.join(near)}?)" if near else " (`ocpptool explain` lists them)"
+        raise UserError(f"unknown finding code {code!r}{hint}")
+    typer.echo(f"{d.code} ({d.severity}, {d.family}): {d.title}\n")
+    typer.echo(textwrap.fill(d.explanation, width=100))
+
+
 @app.command()
 def formats() -> None:
     """List the input formats ocpptool detects."""
@@ -143,7 +258,7 @@ def formats() -> None:
 
     for name, desc in input_formats().items():
         typer.echo(f"{name:14s} {desc}")
-    typer.echo(f"{'pcap':14s} packet captures (pcap, pcapng): not available in this version yet")
+    typer.echo(f"{'pcap':14s} packet captures (pcap, pcapng): OCPP-J over WebSocket on any TCP port")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -51,6 +51,8 @@ def print_summary(tables: Tables, console: Console, *, sources: list[str]) -> No
         ).height
         console.print(f"unanswered calls: {unanswered:,}, orphan responses: {orphans:,}")
 
+    non_ocpp = c.filter(pl.col("ocpp").not_() | pl.col("duplicate_of").is_not_null()) if c.height else c
+    c = c.filter(pl.col("ocpp").fill_null(True) & pl.col("duplicate_of").is_null()) if c.height else c
     if c.height:
         t = Table(title="by charge point", title_justify="left", show_edge=False)
         for col in ("charge point", "version", "messages", "calls", "unanswered", "weirds", "first", "last"):
@@ -103,5 +105,15 @@ def print_summary(tables: Tables, console: Console, *, sources: list[str]) -> No
             t.add_row(reason, f"{n:,}", f"{src}:{pos}", detail or "")
         console.print(t)
 
+    if non_ocpp.height:
+        skipped = non_ocpp.filter(pl.col("duplicate_of").is_null())
+        dups = non_ocpp.filter(pl.col("duplicate_of").is_not_null())
+        if skipped.height:
+            console.print(
+                f"non-OCPP WebSocket connections left out: {skipped.height} "
+                f"({int(skipped['non_ocpp_frames'].fill_null(0).sum()):,} messages)"
+            )
+        if dups.height:
+            console.print(f"duplicate connections dropped (captured twice): {dups.height}")
     for note in tables.notes:
         console.print(f"[yellow]note:[/] {note}")
