@@ -269,7 +269,9 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     show_tb = "--traceback" in args
     try:
-        app(args=args, prog_name="ocpptool", standalone_mode=False)
+        rc = app(args=args, prog_name="ocpptool", standalone_mode=False)
+        if isinstance(rc, int) and rc:
+            return rc  # typer.Exit(code) inside a command comes back as a return value here
     except (UserError, SourceError, WriteError) as exc:
         if show_tb:
             raise

@@ -40,3 +40,34 @@ def filter_messages(messages: pl.DataFrame, *, cps: list[str] | None = None, act
     if until:
         cond &= pl.col("ts") < until
     return messages.filter(cond)
+
+
+def restrict_cps(tables: Tables, cps: list[str]) -> Tables:
+    """Keep only these charge points (before analysis, so every detector sees the same subset)."""
+    from .tables.build import Tables as T
+
+    keep = pl.col("charge_point_id").is_in(cps)
+    msgs = tables.messages.filter(keep)
+    # correlation indexes point at idx, which stays valid after filtering (idx is a column, not a position)
+    return T(msgs, tables.weirds.filter(keep), tables.connections.filter(keep), tables.notes)
+
+
+def export_tables(analysis, directory: str) -> list[str]:
+    """Write every table of an analysis as Parquet into ``directory``."""
+    import os
+
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as exc:
+        from .errors import UserError
+
+        raise UserError(f"--export {directory}: cannot create ({exc.strerror})") from None
+    t = analysis.tables
+    written = []
+    for name, df in (("messages", t.messages), ("weirds", t.weirds), ("connections", t.connections),
+                     ("transactions", analysis.transactions), ("meter_values", analysis.meter_values),
+                     ("statuses", analysis.statuses), ("findings", analysis.findings)):
+        path = os.path.join(directory, f"{name}.parquet")
+        df.write_parquet(path, compression="zstd", compression_level=1)
+        written.append(path)
+    return written

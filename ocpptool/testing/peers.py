@@ -106,6 +106,15 @@ class Faults:
     * ``resend_start``: the CSMS does not answer the first StartTransaction (1.6) /
       TransactionEvent(Started) (2.0.1); the charger times out and re-sends it once, same payload,
       new message id, which the CSMS then answers.
+
+    More charger-side knobs:
+
+    * ``reboots``: before its real run, the charger connects, sends a BootNotification and drops the
+      connection this many times in a row (a boot loop: every reboot is a new connection).
+    * ``silent_after_boot_s``: after booting (and its first StatusNotifications) the charger stays
+      connected but sends nothing for this long (pair it with a short CSMS heartbeat interval).
+    * ``seqno_skip_at``: 2.0.1 only: in the first transaction, the TransactionEvent Updated with this
+      sample index (0-based) skips one seqNo.
     """
 
     clock_offset_s: float = 0.0
@@ -115,6 +124,9 @@ class Faults:
     unanswered_action: str | None = None
     callerror_action: str | None = None
     resend_start: bool = False
+    reboots: int = 0
+    silent_after_boot_s: float = 0.0
+    seqno_skip_at: int | None = None
 
 
 @dataclass(frozen=True)
@@ -701,6 +713,8 @@ class _ChargerMixin:
         if not await self.boot():
             return
         await self.initial_status()
+        if self.cfg.faults.silent_after_boot_s > 0:
+            await asyncio.sleep(self.cfg.faults.silent_after_boot_s)  # connected, but says nothing
         self._spawn(self._heartbeats())
         for s in self.cfg.sessions:
             self._spawn(self._session_after(s))
@@ -1039,6 +1053,8 @@ class Charger201(_ChargerMixin, v201.ChargePoint):
         for i in range(s.samples):
             await asyncio.sleep(self.cfg.meter_interval)
             wh = self._advance(evse, s.power_kw, i, faulty)
+            if faulty and self.cfg.faults.seqno_skip_at == i:
+                seq += 1  # a TransactionEvent that was never sent
             await self._event(
                 "Updated",
                 seq,
@@ -1132,6 +1148,8 @@ async def run_charger(cfg: ChargerConfig, csms_url: str) -> ChargerReport:
     if cfg.version not in SUBPROTOCOLS:
         raise ValueError(f"unsupported OCPP version {cfg.version!r}")
     cls = Charger16 if cfg.version == "1.6" else Charger201
+    for _ in range(cfg.faults.reboots):
+        await _boot_and_drop(cls, cfg, csms_url)
     async with connect(
         f"{csms_url.rstrip('/')}/{cfg.id}",
         subprotocols=[SUBPROTOCOLS[cfg.version]],  # type: ignore[list-item]
@@ -1150,6 +1168,27 @@ async def run_charger(cfg: ChargerConfig, csms_url: str) -> ChargerReport:
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
     return cp.report
+
+
+async def _boot_and_drop(cls: type, cfg: ChargerConfig, csms_url: str) -> None:
+    """One iteration of a boot loop: connect, BootNotification, connection gone."""
+    async with connect(
+        f"{csms_url.rstrip('/')}/{cfg.id}",
+        subprotocols=[SUBPROTOCOLS[cfg.version]],  # type: ignore[list-item]
+        open_timeout=5,
+        close_timeout=2,
+        ping_interval=None,
+    ) as ws:
+        cp = cls(cfg.id, ws, response_timeout=cfg.response_timeout, logger=LOGGER)
+        cp._setup(cfg)
+        reader = asyncio.create_task(cp.start())
+        try:
+            with contextlib.suppress(_Stop, ConnectionClosed, TimeoutError):
+                await asyncio.wait_for(cp.boot(), timeout=cfg.response_timeout * 2)
+        finally:
+            await cp._cancel_tasks()
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
 
 
 async def run_fleet(

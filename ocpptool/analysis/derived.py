@@ -1,0 +1,449 @@
+"""Derived tables: transactions, meter_values and statuses, as lazy frames over the messages table.
+
+Everything is read from the CALL payloads (and, for 1.6 StartTransaction / 2.x TransactionEvent, from the
+CSMS's answer, found through ``response_index``) with native Polars JSON expressions:
+
+- Scalars come from ``str.json_path_match`` (never fails: a field of the wrong JSON type just reads as its
+  text or as null) and are cast with ``strict=False``.
+- Arrays of sampled values (``meterValue``, ``transactionData``) must be decoded with ``str.json_decode``,
+  which fails the whole query when one payload has the wrong shape (an object where a string belongs, a
+  number where an object belongs). Such payloads break the OCPP schema; :func:`_decodable` keeps them out
+  with a conservative textual guard, so one broken frame costs its own samples and nothing else.
+
+Version differences are settled by field names, not by ``ocpp_version`` (logs do not always say it):
+``connectorId`` (1.6) / ``evseId`` / ``evse.id`` (2.x), ``status`` / ``connectorStatus``, ``unit`` /
+``unitOfMeasure``. Meter registers are only comparable within ``(charge_point_id, connector_id)``.
+
+Transaction ``state``: ``complete`` (stop or Ended seen), ``open`` (started, accepted, not stopped),
+``rejected`` (the CSMS refused the id tag and no stop followed), ``unanswered`` (a 1.6 start that never got a
+CALLRESULT, hence no id), ``no-start`` (stop or events seen for an id whose start is not in the traffic).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import polars as pl
+
+from ..tables.schemas import TS
+
+TRANSACTIONS: dict[str, pl.DataType] = {
+    "charge_point_id": pl.String(),
+    "conn": pl.String(),
+    "ocpp_version": pl.String(),
+    "connector_id": pl.Int64(),  # 1.6 connectorId; 2.x EVSE id
+    "transaction_id": pl.String(),  # as a string: 1.6 ints and 2.x strings alike
+    "id_tag": pl.String(),
+    "start_ts": TS,  # charger's clock (payload timestamp)
+    "stop_ts": TS,
+    "start_observed": TS,  # observed time of the start message
+    "stop_observed": TS,
+    "meter_start_wh": pl.Float64(),
+    "meter_stop_wh": pl.Float64(),
+    "energy_wh": pl.Float64(),  # stop - start as reported; null while open
+    "stop_reason": pl.String(),
+    "state": pl.String(),  # complete | open | rejected | unanswered | no-start
+    "start_idx": pl.Int64(),  # messages.idx of the start CALL
+    "stop_idx": pl.Int64(),
+    "events": pl.Int64(),  # 2.x TransactionEvents; 1.6: MeterValues with this transactionId
+    "auth_status": pl.String(),  # idTagInfo / idTokenInfo status in the CSMS's answer to the start
+    "start_response_idx": pl.Int64(),  # messages.idx of that answer
+}
+
+METER_VALUES: dict[str, pl.DataType] = {
+    "idx": pl.Int64(),  # message carrying the sample
+    "charge_point_id": pl.String(),
+    "conn": pl.String(),
+    "connector_id": pl.Int64(),
+    "transaction_id": pl.String(),
+    "ts": TS,  # observed
+    "sample_ts": TS,  # charger's timestamp of the meterValue
+    "measurand": pl.String(),  # default Energy.Active.Import.Register
+    "phase": pl.String(),
+    "unit": pl.String(),  # as sent (default Wh)
+    "context": pl.String(),
+    "location": pl.String(),
+    "raw_value": pl.String(),
+    "value": pl.Float64(),  # normalised: energy in Wh, power in W
+    "source_action": pl.String(),  # MeterValues | StopTransaction | TransactionEvent
+    "resolution": pl.Float64(),  # smallest step the reading can show, in normalised units (from the digits sent)
+}
+
+STATUSES: dict[str, pl.DataType] = {
+    "idx": pl.Int64(),
+    "charge_point_id": pl.String(),
+    "conn": pl.String(),
+    "connector_id": pl.Int64(),
+    "ts": TS,
+    "status_ts": TS,  # payload timestamp
+    "status": pl.String(),
+    "error_code": pl.String(),
+    "info": pl.String(),
+    "vendor_error_code": pl.String(),
+}
+
+ENERGY_REGISTER = "Energy.Active.Import.Register"
+# Units whose value is scaled by 1000 to reach the normalised unit (Wh, W, varh, var, VA).
+KILO_UNITS = ["kWh", "kW", "kvarh", "kvar", "kVArh", "kVAr", "kVA", "kvah", "kva"]
+
+_SAMPLED_VALUE = pl.Struct(
+    {
+        "value": pl.String(),  # 1.6 sends strings, 2.x numbers: both read as text, parsed below
+        "context": pl.String(),
+        "format": pl.String(),
+        "measurand": pl.String(),
+        "phase": pl.String(),
+        "location": pl.String(),
+        "unit": pl.String(),  # 1.6
+        "unitOfMeasure": pl.Struct({"unit": pl.String(), "multiplier": pl.String()}),  # 2.x
+    }
+)
+_METER_VALUE_LIST = pl.List(pl.Struct({"timestamp": pl.String(), "sampledValue": pl.List(_SAMPLED_VALUE)}))
+
+# Textual shape guard for the meterValue array handed to json_decode (see the module docstring). A match of
+# _BAD means some element would not fit _METER_VALUE_LIST; false alarms only drop that payload's samples.
+_SCALARS = "timestamp|value|context|format|measurand|phase|location|unit|multiplier"
+_BAD = "|".join(
+    [
+        rf'"(?:{_SCALARS})"\s*:\s*[\[{{]',  # a scalar field holding a container
+        r'"sampledValue"\s*:\s*[^\[\sn]',  # sampledValue not an array (or null)
+        r'"sampledValue"\s*:\s*\[\s*[^\s{\]]',  # ... or an array of non-objects
+        r'"unitOfMeasure"\s*:\s*[^{\sn]',  # unitOfMeasure not an object
+        r'\}\s*,\s*[^\s{"]',  # an array of objects going on with a non-object
+        r'\}\s*,\s*"[^"]*"\s*[,\]]',  # ... or with a string
+    ]
+)
+
+
+def _decodable(arr: pl.Expr) -> pl.Expr:
+    return arr.str.contains(r"^\s*\[\s*(?:\]|\{)") & ~arr.str.contains(_BAD)
+
+
+def _j(path: str, col: str = "payload") -> pl.Expr:
+    return pl.col(col).str.json_path_match(path)
+
+
+def _int(path: str, col: str = "payload") -> pl.Expr:
+    return _j(path, col).cast(pl.Float64, strict=False).cast(pl.Int64, strict=False)
+
+
+def _num(path: str, col: str = "payload") -> pl.Expr:
+    return _j(path, col).str.strip_chars().cast(pl.Float64, strict=False)
+
+
+def payload_ts(text: pl.Expr) -> pl.Expr:
+    """An OCPP payload timestamp as a UTC instant (a time without a zone is read as UTC, as OCPP requires)."""
+    t = text.str.strip_chars()
+    return pl.coalesce(
+        t.str.to_datetime("%+", strict=False, time_unit="us", time_zone="UTC"),
+        t.str.to_datetime("%Y-%m-%dT%H:%M:%S%.f", strict=False, time_unit="us").dt.replace_time_zone("UTC"),
+    )
+
+
+_NO_CP = "\x00"  # prefix of the stand-in key for rows whose source did not name the charge point
+
+
+def keyed(lf: pl.LazyFrame) -> pl.LazyFrame:
+    """Fill a null ``charge_point_id`` with a stand-in made from ``conn``, so that joins and groups keep such rows
+    (Polars joins never match null keys; many logs do not name the charge point)."""
+    return lf.with_columns(
+        charge_point_id=pl.coalesce("charge_point_id", pl.lit(_NO_CP) + pl.col("conn").fill_null(""))
+    )
+
+
+def unkeyed(lf: pl.LazyFrame) -> pl.LazyFrame:
+    """Undo :func:`keyed`: the stand-in becomes null again."""
+    cp = pl.col("charge_point_id")
+    return lf.with_columns(charge_point_id=pl.when(~cp.str.starts_with(_NO_CP)).then(cp))
+
+
+def per_charge_point(fn: Callable) -> Callable:
+    """Run a detector on :func:`keyed` tables and hand back its findings :func:`unkeyed`."""
+
+    @functools.wraps(fn)
+    def wrapper(ctx):
+        k = dataclasses.replace(
+            ctx, messages=keyed(ctx.messages), connections=keyed(ctx.connections),
+            transactions=keyed(ctx.transactions), meter_values=keyed(ctx.meter_values), statuses=keyed(ctx.statuses),
+        )
+        return unkeyed(fn(k))
+
+    return wrapper
+
+
+@dataclass
+class Derived:
+    transactions: pl.LazyFrame
+    meter_values: pl.LazyFrame
+    statuses: pl.LazyFrame
+
+
+def _calls(messages: pl.LazyFrame, actions: list[str]) -> pl.LazyFrame:
+    """CALLs of these actions with their answer's type and payload (``r_type``, ``r_payload``, ``r_idx``)."""
+    answers = messages.select(
+        r_idx=pl.col("idx"), r_type=pl.col("message_type"), r_payload=pl.col("payload")
+    )
+    return (
+        messages.filter((pl.col("message_type") == "CALL") & pl.col("action").is_in(actions))
+        .join(answers, left_on="response_index", right_on="r_idx", how="left", coalesce=False)
+        .with_columns(
+            r_payload=pl.when(pl.col("r_type") == "CALLRESULT").then(pl.col("r_payload")),
+        )
+    )
+
+
+def _raw_samples(messages: pl.LazyFrame) -> pl.LazyFrame:
+    """Every sampledValue of MeterValues, StopTransaction.transactionData and TransactionEvent.meterValue."""
+    calls = messages.filter(
+        (pl.col("message_type") == "CALL")
+        & pl.col("action").is_in(["MeterValues", "StopTransaction", "TransactionEvent"])
+    )
+    action = pl.col("action")
+    arr = (
+        pl.when(action == "StopTransaction")
+        .then(_j("$.transactionData"))
+        .otherwise(_j("$.meterValue"))
+    )
+    connector = (
+        pl.when(action == "MeterValues")
+        .then(pl.coalesce(_int("$.connectorId"), _int("$.evseId")))
+        .when(action == "TransactionEvent")
+        .then(_int("$.evse.id"))
+    )
+    tid = pl.when(action == "TransactionEvent").then(_j("$.transactionInfo.transactionId")).otherwise(
+        _j("$.transactionId")
+    )
+    sv = pl.col("sv")
+    unit = pl.coalesce(sv.struct.field("unit"), sv.struct.field("unitOfMeasure").struct.field("unit"), pl.lit("Wh"))
+    multiplier = sv.struct.field("unitOfMeasure").struct.field("multiplier").cast(pl.Float64, strict=False)
+    raw = sv.struct.field("value").str.strip_chars()
+    scale = pl.when(unit.is_in(KILO_UNITS)).then(1000.0).otherwise(1.0) * pl.lit(10.0).pow(multiplier.fill_null(0.0))
+    decimals = raw.str.extract(r"^[-+]?\d*\.(\d+)$", 1).str.len_chars().fill_null(0)
+    return (
+        calls.select(
+            "idx", "charge_point_id", "conn", "ts", source_action=action, connector_id=connector,
+            transaction_id=tid, arr=arr,
+        )
+        .filter(_decodable(pl.col("arr")))
+        .with_columns(mv=pl.col("arr").str.json_decode(_METER_VALUE_LIST))
+        .explode("mv")
+        .filter(pl.col("mv").is_not_null())
+        .with_columns(
+            sample_ts=payload_ts(pl.col("mv").struct.field("timestamp")),
+            sv=pl.col("mv").struct.field("sampledValue"),
+        )
+        .explode("sv")
+        .filter(pl.col("sv").is_not_null())
+        .select(
+            "idx", "charge_point_id", "conn", "connector_id", "transaction_id", "ts", "sample_ts",
+            measurand=pl.coalesce(sv.struct.field("measurand"), pl.lit(ENERGY_REGISTER)),
+            phase=sv.struct.field("phase"),
+            unit=unit,
+            context=pl.coalesce(sv.struct.field("context"), pl.lit("Sample.Periodic")),
+            location=pl.coalesce(sv.struct.field("location"), pl.lit("Outlet")),
+            raw_value=raw,
+            value=(raw.cast(pl.Float64, strict=False) * scale).round(6),
+            source_action="source_action",
+            resolution=pl.lit(10.0).pow(-decimals.cast(pl.Float64)) * scale,
+        )
+    )
+
+
+def _transactions_16(messages: pl.LazyFrame) -> pl.LazyFrame:
+    starts = _calls(messages, ["StartTransaction"]).select(
+        "charge_point_id", "conn", "ocpp_version",
+        connector_id=_int("$.connectorId"),
+        transaction_id=_j("$.transactionId", "r_payload"),
+        id_tag=_j("$.idTag"),
+        start_ts=payload_ts(_j("$.timestamp")),
+        start_observed="ts",
+        meter_start_wh=_num("$.meterStart"),
+        start_idx="idx",
+        auth_status=_j("$.idTagInfo.status", "r_payload"),
+        start_response_idx=pl.col("r_idx"),
+    )
+    stops = messages.filter(
+        (pl.col("message_type") == "CALL") & (pl.col("action") == "StopTransaction")
+    ).select(
+        "charge_point_id",
+        s_conn="conn",
+        s_version="ocpp_version",
+        transaction_id=_j("$.transactionId"),
+        stop_ts=payload_ts(_j("$.timestamp")),
+        stop_observed="ts",
+        meter_stop_wh=_num("$.meterStop"),
+        stop_reason=_j("$.reason"),
+        stop_idx="idx",
+    )
+    key = ["charge_point_id", "transaction_id"]
+    # Each stop belongs to the latest start with its id before it; each start keeps its first stop.
+    pairs = (
+        stops.join(starts.select(*key, "start_idx"), on=key, how="inner")
+        .filter(pl.col("start_idx") < pl.col("stop_idx"))
+        .sort("start_idx")
+        .group_by("stop_idx")
+        .agg(pl.all().last())
+        .sort("stop_idx")
+        .group_by("start_idx")
+        .agg(pl.all().first())
+        .drop(key)
+    )
+    started = starts.join(pairs, on="start_idx", how="left")
+    unmatched = stops.join(pairs.select("stop_idx"), on="stop_idx", how="anti").with_columns(
+        conn="s_conn", ocpp_version="s_version"
+    )
+    events = (
+        messages.filter((pl.col("message_type") == "CALL") & (pl.col("action") == "MeterValues"))
+        .select("charge_point_id", transaction_id=_j("$.transactionId"))
+        .filter(pl.col("transaction_id").is_not_null())
+        .group_by(key)
+        .agg(events=pl.len())
+    )
+    return (
+        pl.concat([started, unmatched], how="diagonal_relaxed")
+        .drop("s_conn", "s_version")
+        .join(events, on=key, how="left", nulls_equal=False)
+        .with_columns(events=pl.col("events").fill_null(0))
+    )
+
+
+def _transactions_2x(messages: pl.LazyFrame, samples: pl.LazyFrame) -> pl.LazyFrame:
+    ev = _calls(messages, ["TransactionEvent"]).select(
+        "idx", "ts", "charge_point_id", "conn", "ocpp_version",
+        kind=_j("$.eventType"),
+        transaction_id=_j("$.transactionInfo.transactionId"),
+        evse=_int("$.evse.id"),
+        token=_j("$.idToken.idToken"),
+        ev_ts=payload_ts(_j("$.timestamp")),
+        reason=_j("$.transactionInfo.stoppedReason"),
+        auth=_j("$.idTokenInfo.status", "r_payload"),
+        r_idx="r_idx",
+    ).filter(pl.col("transaction_id").is_not_null())
+    started, ended = pl.col("kind") == "Started", pl.col("kind") == "Ended"
+    per_tx = (
+        ev.sort("idx")
+        .group_by("charge_point_id", "transaction_id")
+        .agg(
+            pl.col("conn").first(),
+            pl.col("ocpp_version").first(),
+            connector_id=pl.coalesce(pl.col("evse").filter(started).first(), pl.col("evse").drop_nulls().first()),
+            id_tag=pl.col("token").drop_nulls().first(),
+            start_ts=pl.col("ev_ts").filter(started).first(),
+            stop_ts=pl.col("ev_ts").filter(ended).last(),
+            start_observed=pl.col("ts").filter(started).first(),
+            stop_observed=pl.col("ts").filter(ended).last(),
+            stop_reason=pl.col("reason").filter(ended).last(),
+            start_idx=pl.col("idx").filter(started).first(),
+            stop_idx=pl.col("idx").filter(ended).last(),
+            events=pl.len(),
+            auth_status=pl.col("auth").filter(started).first(),
+            start_response_idx=pl.col("r_idx").filter(started).first(),
+        )
+    )
+    register = (
+        samples.filter((pl.col("measurand") == ENERGY_REGISTER) & pl.col("phase").is_null())
+        .group_by("idx")
+        .agg(v=pl.col("value").first())
+    )
+    return (
+        per_tx.join(register.rename({"idx": "start_idx", "v": "meter_start_wh"}), on="start_idx", how="left")
+        .join(register.rename({"idx": "stop_idx", "v": "meter_stop_wh"}), on="stop_idx", how="left")
+    )
+
+
+def _statuses(messages: pl.LazyFrame) -> pl.LazyFrame:
+    return (
+        messages.filter((pl.col("message_type") == "CALL") & (pl.col("action") == "StatusNotification"))
+        .select(
+            "idx", "charge_point_id", "conn",
+            connector_id=pl.coalesce(_int("$.evseId"), _int("$.connectorId")),
+            ts="ts",
+            status_ts=payload_ts(_j("$.timestamp")),
+            status=pl.coalesce(_j("$.status"), _j("$.connectorStatus")),
+            error_code=_j("$.errorCode"),
+            info=_j("$.info"),
+            vendor_error_code=_j("$.vendorErrorCode"),
+        )
+        .sort("idx")
+    )
+
+
+def covering_transaction(lf: pl.LazyFrame, transactions: pl.LazyFrame) -> pl.LazyFrame:
+    """Add ``open_tid``: the transaction open on ``(charge_point_id, connector_id)`` at each row's ``idx``.
+
+    The latest transaction started on that connector at or before the row (a start not in the traffic counts
+    from the beginning), if it was not stopped before the row. A start without an answer counts too: the
+    charger did start it.
+    """
+    windows = (
+        transactions.filter(pl.col("connector_id").is_not_null())
+        .select(
+            "charge_point_id", "connector_id",
+            w_start=pl.coalesce("start_idx", pl.lit(-1, pl.Int64)),
+            w_end=pl.coalesce("stop_idx", pl.lit(2**62, pl.Int64)),
+            w_tid=pl.coalesce("transaction_id", pl.lit("(no id)")),
+        )
+        .sort("w_start")
+    )
+    return (
+        lf.sort("idx")
+        .join_asof(windows, left_on="idx", right_on="w_start", by=["charge_point_id", "connector_id"],
+                   check_sortedness=False)
+        .with_columns(open_tid=pl.when(pl.col("w_end") >= pl.col("idx")).then(pl.col("w_tid")))
+        .drop("w_start", "w_end", "w_tid")
+    )
+
+
+def _conform(lf: pl.LazyFrame, schema: dict[str, pl.DataType]) -> pl.LazyFrame:
+    names = lf.collect_schema().names()
+    return lf.select(
+        [pl.col(n).cast(t) if n in names else pl.lit(None, dtype=t).alias(n) for n, t in schema.items()]
+    )
+
+
+def derive(messages: pl.LazyFrame) -> Derived:
+    """Build the transactions, meter_values and statuses tables (lazy) from the messages table."""
+    messages = keyed(messages)
+    samples = _raw_samples(messages)
+    tx = pl.concat(
+        [_transactions_16(messages), _transactions_2x(messages, samples)], how="diagonal_relaxed"
+    )
+    key = ["charge_point_id", "transaction_id"]
+    # A stop-only transaction takes its connector from its meter values; a sample without a connector
+    # (StopTransaction, 2.x Updated events) takes its transaction's.
+    sample_connector = (
+        samples.filter(pl.col("transaction_id").is_not_null())
+        .group_by(key)
+        .agg(s_connector=pl.col("connector_id").drop_nulls().first())
+    )
+    tx = (
+        tx.join(sample_connector, on=key, how="left")
+        .with_columns(connector_id=pl.coalesce("connector_id", "s_connector"))
+        .with_columns(
+            energy_wh=pl.col("meter_stop_wh") - pl.col("meter_start_wh"),
+            state=pl.when(pl.col("start_idx").is_null())
+            .then(pl.lit("no-start"))
+            .when(pl.col("stop_idx").is_not_null())
+            .then(pl.lit("complete"))
+            .when(pl.col("transaction_id").is_null())
+            .then(pl.lit("unanswered"))
+            .when(pl.col("auth_status").is_not_null() & (pl.col("auth_status") != "Accepted"))
+            .then(pl.lit("rejected"))
+            .otherwise(pl.lit("open")),
+        )
+        .sort(pl.coalesce("start_idx", "stop_idx"))
+    )
+    tx_connector = (
+        tx.filter(pl.col("transaction_id").is_not_null())
+        .group_by(key)
+        .agg(t_connector=pl.col("connector_id").drop_nulls().first())
+    )
+    meter_values = (
+        samples.join(tx_connector, on=key, how="left")
+        .with_columns(connector_id=pl.coalesce("connector_id", "t_connector"))
+        .sort("idx", maintain_order=True)
+    )
+    return Derived(_conform(unkeyed(tx), TRANSACTIONS), _conform(unkeyed(meter_values), METER_VALUES), _conform(unkeyed(_statuses(messages)), STATUSES))

@@ -1,0 +1,171 @@
+"""The detector registry: what a detector is, the findings schema, thresholds, and the runner.
+
+A detector is one small pure function::
+
+    @detector("meter-regression", "error", "meter", title="...", explanation="...")
+    def meter_regression(ctx: AnalysisContext) -> pl.LazyFrame: ...
+
+It reads the lazy tables in ``ctx`` (never collects, never loops over rows in Python) and returns a
+LazyFrame whose columns are a subset of :data:`FINDINGS`; missing ones are filled with nulls, ``code`` and
+``severity`` default to the detector's own (a detector may lower a finding's severity to ``info`` when the
+edges of the capture explain it, and say so in ``summary``). Findings carry ``ts`` (observed time), the
+charge point, connection and transaction, and ``evidence``: the ``idx`` of the messages that prove them,
+so one join leads from a finding to its frames.
+
+Modules register their detectors on import; :data:`FAMILIES` lists them in report order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+
+import polars as pl
+
+from ..tables.build import Tables
+from ..tables.schemas import TS
+
+SEVERITIES = ("error", "warning", "info")
+SEVERITY_RANK = {"error": 0, "warning": 1, "info": 2}
+FAMILIES = ("time", "transactions", "meter", "protocol", "connectivity")
+
+FINDINGS: dict[str, pl.DataType] = {
+    "code": pl.String(),
+    "severity": pl.String(),  # error | warning | info
+    "family": pl.String(),
+    "charge_point_id": pl.String(),
+    "conn": pl.String(),
+    "connector_id": pl.Int64(),  # connector (1.6) or EVSE (2.x) when it matters
+    "transaction_id": pl.String(),
+    "ts": TS,  # observed time of the first evidence
+    "summary": pl.String(),  # one plain sentence with the numbers
+    "evidence": pl.List(pl.Int64()),  # messages.idx
+    "evidence_ids": pl.List(pl.String()),  # the message ids, for grepping logs
+    "value": pl.Float64(),  # the measured quantity (offset s, delta Wh, latency ms ...) when there is one
+}
+
+
+@dataclass(frozen=True)
+class Options:
+    """Every threshold a detector uses, with its default. CLI: ``--set name=value``."""
+
+    clock_drift_s: float = 60.0  # payload time vs observed time
+    clock_jump_s: float = 300.0  # payload clock moving against the observed clock between two messages
+    future_s: float = 24 * 3600.0  # payload timestamp this far past the observed time
+    unanswered_timeout_s: float = 30.0
+    heartbeat_gap_factor: float = 3.0  # silent for more than N heartbeat intervals while connected
+    default_heartbeat_interval_s: float = 300.0  # when no BootNotification response says it
+    boot_loop_count: int = 3  # this many BootNotifications ...
+    boot_loop_window_s: float = 600.0  # ... within this window
+    reconnect_storm_count: int = 5  # connections per charge point ...
+    reconnect_storm_window_s: float = 600.0  # ... within this window
+    orphan_grace_s: float = 3600.0  # the capture continues this long after a start without a stop
+    max_power_w: float = 400_000.0  # implied by two consecutive energy readings on one connector
+    meter_reset_ratio: float = 0.01  # a drop to below this share of the previous value reads as a reset
+    kwh_suspect_ratio: float = 500.0  # consecutive values differ by ~1000x: Wh/kWh confusion
+    short_transaction_s: float = 0.0  # reserved
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+
+@dataclass
+class AnalysisContext:
+    """Lazy tables every detector reads, plus the options and the capture edges."""
+
+    messages: pl.LazyFrame
+    connections: pl.LazyFrame
+    transactions: pl.LazyFrame
+    meter_values: pl.LazyFrame
+    statuses: pl.LazyFrame
+    options: Options
+    capture_start: object = None  # datetime | None (earliest observed ts over all sources)
+    capture_end: object = None
+
+
+@dataclass(frozen=True)
+class Detector:
+    code: str
+    severity: str
+    family: str
+    title: str
+    explanation: str
+    fn: Callable[[AnalysisContext], pl.LazyFrame]
+
+
+DETECTORS: dict[str, Detector] = {}
+
+
+def detector(code: str, severity: str, family: str, *, title: str, explanation: str):
+    """Register a detector function under a stable kebab-case code."""
+    assert severity in SEVERITIES and family in FAMILIES, (code, severity, family)
+
+    def wrap(fn: Callable[[AnalysisContext], pl.LazyFrame]) -> Callable[[AnalysisContext], pl.LazyFrame]:
+        if code in DETECTORS:
+            raise ValueError(f"detector {code} registered twice")
+        DETECTORS[code] = Detector(code, severity, family, title, " ".join(explanation.split()), fn)
+        return fn
+
+    return wrap
+
+
+def conform_findings(lf: pl.LazyFrame, d: Detector) -> pl.LazyFrame:
+    names = lf.collect_schema().names()
+    cols = []
+    for name, dtype in FINDINGS.items():
+        if name in names:
+            cols.append(pl.col(name).cast(dtype))
+        elif name == "code":
+            cols.append(pl.lit(d.code).alias(name))
+        elif name == "severity":
+            cols.append(pl.lit(d.severity).alias(name))
+        elif name == "family":
+            cols.append(pl.lit(d.family).alias(name))
+        else:
+            cols.append(pl.lit(None, dtype=dtype).alias(name))
+    return lf.select(cols)
+
+
+@dataclass
+class Analysis:
+    findings: pl.DataFrame
+    transactions: pl.DataFrame
+    meter_values: pl.DataFrame
+    statuses: pl.DataFrame
+    tables: Tables
+    options: Options = field(default_factory=Options)
+
+
+def _load_detectors() -> None:
+    from . import connectivity, meter, protocol, time, transactions  # noqa: F401 - registration
+
+
+def run(tables: Tables, options: Options | None = None, *, only: list[str] | None = None) -> Analysis:
+    """Build the derived tables and run every detector (or ``only`` these codes)."""
+    from .derived import derive
+
+    _load_detectors()
+    options = options or Options()
+    msgs = tables.messages.lazy()
+    derived = derive(msgs)
+    ts = tables.messages["ts"]
+    ctx = AnalysisContext(
+        messages=msgs,
+        connections=tables.connections.lazy(),
+        transactions=derived.transactions,
+        meter_values=derived.meter_values,
+        statuses=derived.statuses,
+        options=options,
+        capture_start=ts.min(),
+        capture_end=ts.max(),
+    )
+    chosen = [d for c, d in DETECTORS.items() if not only or c in only]
+    plans = [conform_findings(d.fn(ctx), d) for d in chosen]
+    results = pl.collect_all([derived.transactions, derived.meter_values, derived.statuses, *plans])
+    transactions, meter_values, statuses, *found = results
+    findings = (
+        pl.concat(found, how="vertical") if found else pl.DataFrame(schema=FINDINGS)
+    ).with_columns(_rank=pl.col("severity").replace_strict(SEVERITY_RANK, default=9))
+    findings = findings.sort(["_rank", "code", "ts", "charge_point_id"], nulls_last=True).drop("_rank")
+    return Analysis(findings, transactions, meter_values, statuses, tables, options)

@@ -1,0 +1,273 @@
+"""Validation against the official OCPP JSON schemas, fast enough for a fleet's day of traffic.
+
+The schemas are the ones the ``ocpp`` package ships (``ocpp/v16/schemas/X.json`` / ``XResponse.json``,
+``ocpp/v201|v21/schemas/XRequest.json`` / ``XResponse.json``; 2.0 uses 2.0.1's). Each is compiled once
+(``jsonschema.validators.validator_for``) and cached.
+
+Running ``jsonschema`` on a million payloads would take minutes, so it runs on *classes* instead, in three
+steps, all in the lazy plan (Python only ever sees one payload per class):
+
+1. exact duplicates collapse (a hash per payload: Heartbeat ``{}`` is one validation for a million rows);
+2. each distinct payload gets a class key: every enum value that contains a digit (``L1-N``, ``SHA256``,
+   ``OCPP16`` ...) is swapped for a unique digit-free token, then every digit becomes ``0``. The key keeps
+   every object key, every structural character, every string's length, every enum value, the sign and the
+   fraction point of numbers; it blurs only digits;
+3. one representative per class is validated (``jsonschema`` compiled once per schema). The same walk also
+   decides whether the blurred digits could matter to *this* schema for *this* shape: a number under a
+   bound (2.x has minimum/maximum), a fraction where an integer is wanted, an invalid value with digits at an
+   enum location, a digit in an object key, a ``\\u`` escape. Such a class is split back into its distinct payloads, each
+   validated. So the verdict is exact, not sampled. ``format`` is not checked (jsonschema's default).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import orjson
+import polars as pl
+from jsonschema import Draft4Validator
+from jsonschema.validators import validator_for
+
+VERSION_DIRS = {"1.6": "v16", "2.0": "v201", "2.0.1": "v201", "2.1": "v21"}
+_TIMESTAMP = r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}"
+
+
+def schema_name(version_dir: str, action: str, kind: str) -> str:
+    """``("v16", "BootNotification", "request") -> "BootNotification"``; 2.x requests end in ``Request``."""
+    if kind == "response":
+        return f"{action}Response"
+    return action if version_dir == "v16" else f"{action}Request"
+
+
+@cache
+def _schema_files() -> dict[tuple[str, str], Any]:
+    root = resources.files("ocpp")
+    return {
+        (d, f.name[: -len(".json")]): f
+        for d in sorted(set(VERSION_DIRS.values()))
+        for f in (root / d / "schemas").iterdir()
+        if f.name.endswith(".json")
+    }
+
+
+@cache
+def validator(version_dir: str, name: str):
+    """The compiled validator for one schema, or None when OCPP defines no such message."""
+    f = _schema_files().get((version_dir, name))
+    if f is None:
+        return None
+    schema = json.loads(f.read_text(encoding="utf-8"))
+    return validator_for(schema, default=Draft4Validator)(schema)
+
+
+@cache
+def digit_enums() -> tuple[list[str], list[str]]:
+    """(quoted enum values containing a digit, a unique digit-free token for each)."""
+    values: set[str] = set()
+
+    def walk(o: Any) -> None:
+        if isinstance(o, dict):
+            values.update(v for v in o.get("enum", []) if isinstance(v, str) and re.search(r"\d", v))
+            for v in o.values():
+                walk(v)
+        elif isinstance(o, list):
+            for v in o:
+                walk(v)
+
+    for f in _schema_files().values():
+        walk(json.loads(f.read_text(encoding="utf-8")))
+    ordered = sorted(values, key=lambda v: (-len(v), v))
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    tokens = [
+        f'"\u00a7{letters[i // 26 % 26]}{letters[i % 26]}{letters[i // 676]}"' for i in range(len(ordered))
+    ]
+    return [f'"{v}"' for v in ordered], tokens
+
+
+def canonical(payload: pl.Expr) -> pl.Expr:
+    """The class key text: valid digit-bearing enum values swapped for tokens, then every digit a zero."""
+    quoted, tokens = digit_enums()
+    text = payload.str.replace_many(quoted, tokens)
+    for digit in "123456789":  # nine literal passes: faster than one regex with a match per digit
+        text = text.str.replace_all(digit, "0", literal=True)
+    return text
+
+
+def _resolve(schema: dict, root: dict) -> dict:
+    while "$ref" in schema:
+        node: Any = root
+        for part in schema["$ref"].lstrip("#/").split("/"):
+            node = node[part]
+        schema = node
+    return schema
+
+
+def sensitive(instance: Any, schema: dict, root: dict) -> bool:
+    """Could another member of this instance's class get a different verdict? (see the module docstring)
+
+    Only where digits matter to the schema: a number under a bound, a fraction where an integer is wanted,
+    a digit inside a value at an enum location that is not a valid enum value, a digit in an object key.
+    """
+    schema = _resolve(schema, root)
+    if isinstance(instance, bool) or instance is None:
+        return False
+    if isinstance(instance, int | float):
+        if any(
+            k in schema for k in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf")
+        ):
+            return True
+        return isinstance(instance, float) and "integer" in str(schema.get("type"))
+    if isinstance(instance, str):
+        return "enum" in schema and instance not in schema["enum"] and any(c.isdigit() for c in instance)
+    if isinstance(instance, list):
+        items = schema.get("items")
+        return isinstance(items, dict) and any(sensitive(v, items, root) for v in instance)
+    if isinstance(instance, dict):
+        props = schema.get("properties", {})
+        extra = schema.get("additionalProperties")
+        for k, v in instance.items():
+            if any(c.isdigit() for c in k):
+                return True
+            sub = props.get(k, extra if isinstance(extra, dict) else None)
+            if sub is not None and sensitive(v, sub, root):
+                return True
+    return False
+
+
+def _path(error) -> str:
+    return re.sub(r"\[\d+\]", "[*]", error.json_path)
+
+
+def _json_type(v: Any) -> str:
+    return {
+        dict: "object",
+        list: "array",
+        str: "string",
+        bool: "boolean",
+        int: "integer",
+        float: "number",
+    }.get(type(v), "null")
+
+
+def describe(error) -> str:
+    """One plain line per schema error, without the instance value where it varies (so errors group)."""
+    path, kind, limit, inst = _path(error), error.validator, error.validator_value, error.instance
+    if kind == "maxLength":
+        return f"{path} is longer than {limit} characters ({len(inst)})"
+    if kind == "minLength":
+        return f"{path} is shorter than {limit} characters ({len(inst)})"
+    if kind == "type":
+        return f"{path} is a {_json_type(inst)}, the schema wants {limit}"
+    if kind == "enum":
+        shown = repr(inst) if isinstance(inst, str) and len(inst) <= 40 else f"a {_json_type(inst)}"
+        return f"{path} is {shown}, not one of the {len(limit)} allowed values"
+    if kind in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+        return f"{path} breaks {kind} {limit}"
+    return f"{path}: {error.message[:200]}"
+
+
+_VERDICT = pl.Struct({"errors": pl.List(pl.String()), "sensitive": pl.Boolean()})
+
+
+def _validate_batch(s: pl.Series) -> pl.Series:
+    """Validate each distinct representative (a struct of dir, schema, payload).
+
+    Runs once per class, never per message: returns the error lines and whether the class must be split.
+    """
+    out: list[dict] = []
+    for row in s.to_list():
+        v = validator(row["dir"], row["schema"])
+        try:
+            instance = orjson.loads(row["payload"])
+        except orjson.JSONDecodeError:
+            out.append({"errors": ["payload is not JSON"], "sensitive": True})
+            continue
+        errors = sorted({describe(e) for e in v.iter_errors(instance)})
+        # a \\u escape's digits decide whether it is one character or half of a surrogate pair (length)
+        split = "\\u" in row["payload"] or sensitive(instance, v.schema, v.schema)
+        out.append({"errors": errors, "sensitive": split})
+    return pl.Series(out, dtype=_VERDICT)
+
+
+def _verdict(frame: pl.LazyFrame) -> pl.LazyFrame:
+    return frame.with_columns(
+        v=pl.struct("dir", "schema", "payload").map_batches(_validate_batch, return_dtype=_VERDICT)
+    ).unnest("v")
+
+
+def violations(messages: pl.LazyFrame, evidence_cap: int = 20) -> pl.LazyFrame:
+    """schema-violation findings for CALL and CALLRESULT payloads (see the module docstring)."""
+    kind = pl.when(pl.col("message_type") == "CALL").then(pl.lit("request")).otherwise(pl.lit("response"))
+    d = pl.col("ocpp_version").replace_strict(VERSION_DIRS, default=None)
+    suffix = (
+        pl.when(pl.col("kind") == "response")
+        .then(pl.lit("Response"))
+        .when(pl.col("dir") == "v16")
+        .then(pl.lit(""))
+        .otherwise(pl.lit("Request"))
+    )
+    known = sorted({f"{dd}/{n}" for dd, n in _schema_files()})
+    rows = (
+        messages.filter(
+            pl.col("message_type").is_in(["CALL", "CALLRESULT"]),
+            pl.col("action").is_not_null(),
+            pl.col("payload").is_not_null(),
+            ~pl.col("note").fill_null("").str.contains("without its payload", literal=True),  # not logged
+        )
+        .select("idx", "ts", "conn", "charge_point_id", "ocpp_version", "action", "payload", kind=kind, dir=d)
+        .with_columns(schema=pl.col("action") + suffix)
+        .filter(pl.concat_str("dir", pl.lit("/"), "schema").is_in(known))
+        .with_columns(exact=pl.col("payload").hash())
+    )
+    # exact duplicates first (Heartbeat {} is one validation for a million rows), then classes
+    distinct = (
+        rows.group_by("dir", "schema", "exact")
+        .agg(payload=pl.col("payload").first())
+        .with_columns(key=canonical(pl.col("payload")).hash())
+    )
+    classes = _verdict(distinct.group_by("dir", "schema", "key").agg(payload=pl.col("payload").first()))
+    plain = classes.filter(~pl.col("sensitive"), pl.col("errors").list.len() > 0).select(
+        "dir", "schema", "key", "errors"
+    )
+    split = classes.filter("sensitive").select("dir", "schema", "key")
+    failing = pl.concat(
+        [
+            distinct.join(plain, on=["dir", "schema", "key"]).select("dir", "schema", "exact", "errors"),
+            _verdict(distinct.join(split, on=["dir", "schema", "key"]))
+            .filter(pl.col("errors").list.len() > 0)
+            .select("dir", "schema", "exact", "errors"),
+        ]
+    )
+    return (
+        rows.join(failing, on=["dir", "schema", "exact"], how="inner")
+        .explode("errors")
+        .sort("idx")
+        .group_by("charge_point_id", "ocpp_version", "action", "kind", "schema", "errors")
+        .agg(
+            ts=pl.col("ts").first(),
+            conn=pl.col("conn").first(),
+            n=pl.len(),
+            evidence=pl.col("idx").head(evidence_cap),
+        )
+        .select(
+            "charge_point_id",
+            "conn",
+            "ts",
+            "evidence",
+            value=pl.col("n").cast(pl.Float64),
+            summary=pl.format(
+                "{} {} {}(s) on {} break the OCPP {} schema {}.json: {}.",
+                "n",
+                "action",
+                "kind",
+                pl.col("charge_point_id").fill_null(pl.col("conn")),
+                "ocpp_version",
+                "schema",
+                "errors",
+            ),
+        )
+    )
