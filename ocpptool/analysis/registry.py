@@ -149,21 +149,25 @@ def run(tables: Tables, options: Options | None = None, *, only: list[str] | Non
     options = options or Options()
     msgs = tables.messages.lazy()
     derived = derive(msgs)
+    # Materialise the derived tables once: every detector reads them, and re-deriving them per detector
+    # (a lazy plan per consumer) would parse the payloads many times over.
+    transactions, meter_values, statuses = pl.collect_all(
+        [derived.transactions, derived.meter_values, derived.statuses]
+    )
     ts = tables.messages["ts"]
     ctx = AnalysisContext(
         messages=msgs,
         connections=tables.connections.lazy(),
-        transactions=derived.transactions,
-        meter_values=derived.meter_values,
-        statuses=derived.statuses,
+        transactions=transactions.lazy(),
+        meter_values=meter_values.lazy(),
+        statuses=statuses.lazy(),
         options=options,
         capture_start=ts.min(),
         capture_end=ts.max(),
     )
-    chosen = [d for c, d in DETECTORS.items() if not only or c in only]
+    chosen = [d for c, d in DETECTORS.items() if only is None or c in only]
     plans = [conform_findings(d.fn(ctx), d) for d in chosen]
-    results = pl.collect_all([derived.transactions, derived.meter_values, derived.statuses, *plans])
-    transactions, meter_values, statuses, *found = results
+    found = pl.collect_all(plans) if plans else []
     findings = (
         pl.concat(found, how="vertical") if found else pl.DataFrame(schema=FINDINGS)
     ).with_columns(_rank=pl.col("severity").replace_strict(SEVERITY_RANK, default=9))
