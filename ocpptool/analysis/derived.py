@@ -168,6 +168,7 @@ def per_charge_point(fn: Callable) -> Callable:
         k = dataclasses.replace(
             ctx, messages=keyed(ctx.messages), connections=keyed(ctx.connections),
             transactions=keyed(ctx.transactions), meter_values=keyed(ctx.meter_values), statuses=keyed(ctx.statuses),
+            references=None if ctx.references is None else keyed(ctx.references),
         )
         return unkeyed(fn(k))
 
@@ -200,22 +201,29 @@ def _raw_samples(messages: pl.LazyFrame) -> pl.LazyFrame:
     calls = messages.filter(
         (pl.col("message_type") == "CALL")
         & pl.col("action").is_in(["MeterValues", "StopTransaction", "TransactionEvent"])
-    )
+    ).with_row_index("_row")
     action = pl.col("action")
-    arr = (
-        pl.when(action == "StopTransaction")
-        .then(_j("$.transactionData"))
-        .otherwise(_j("$.meterValue"))
-    )
-    connector = (
-        pl.when(action == "MeterValues")
-        .then(pl.coalesce(_int("$.connectorId"), _int("$.evseId")))
-        .when(action == "TransactionEvent")
-        .then(_int("$.evse.id"))
-    )
-    tid = pl.when(action == "TransactionEvent").then(_j("$.transactionInfo.transactionId")).otherwise(
-        _j("$.transactionId")
-    )
+    cols = ("_row", "idx", "charge_point_id", "conn", "ts")
+    # One frame per action, so that each payload is only searched for the fields its action can carry
+    # (a when/then evaluates every branch on every row); put back in message order afterwards.
+    per_action = pl.concat(
+        [
+            calls.filter(action == "MeterValues").select(
+                *cols, source_action=action,
+                connector_id=pl.coalesce(_int("$.connectorId"), _int("$.evseId")),
+                transaction_id=_j("$.transactionId"), arr=_j("$.meterValue"),
+            ),
+            calls.filter(action == "StopTransaction").select(
+                *cols, source_action=action, connector_id=pl.lit(None, dtype=pl.Int64),
+                transaction_id=_j("$.transactionId"), arr=_j("$.transactionData"),
+            ),
+            calls.filter(action == "TransactionEvent").select(
+                *cols, source_action=action, connector_id=_int("$.evse.id"),
+                transaction_id=_j("$.transactionInfo.transactionId"), arr=_j("$.meterValue"),
+            ),
+        ],
+        how="vertical_relaxed",
+    ).sort("_row").drop("_row")
     sv = pl.col("sv")
     unit = pl.coalesce(sv.struct.field("unit"), sv.struct.field("unitOfMeasure").struct.field("unit"), pl.lit("Wh"))
     multiplier = sv.struct.field("unitOfMeasure").struct.field("multiplier").cast(pl.Float64, strict=False)
@@ -223,10 +231,7 @@ def _raw_samples(messages: pl.LazyFrame) -> pl.LazyFrame:
     scale = pl.when(unit.is_in(KILO_UNITS)).then(1000.0).otherwise(1.0) * pl.lit(10.0).pow(multiplier.fill_null(0.0))
     decimals = raw.str.extract(r"^[-+]?\d*\.(\d+)$", 1).str.len_chars().fill_null(0)
     return (
-        calls.select(
-            "idx", "charge_point_id", "conn", "ts", source_action=action, connector_id=connector,
-            transaction_id=tid, arr=arr,
-        )
+        per_action
         .filter(_decodable(pl.col("arr")))
         .with_columns(mv=pl.col("arr").str.json_decode(_METER_VALUE_LIST))
         .explode("mv")
@@ -407,7 +412,8 @@ def _conform(lf: pl.LazyFrame, schema: dict[str, pl.DataType]) -> pl.LazyFrame:
 def derive(messages: pl.LazyFrame) -> Derived:
     """Build the transactions, meter_values and statuses tables (lazy) from the messages table."""
     messages = keyed(messages)
-    samples = _raw_samples(messages)
+    # The samples and the transactions feed several of the derived tables: parse the payloads once.
+    samples = _raw_samples(messages).collect().lazy()
     tx = pl.concat(
         [_transactions_16(messages), _transactions_2x(messages, samples)], how="diagonal_relaxed"
     )
@@ -435,6 +441,8 @@ def derive(messages: pl.LazyFrame) -> Derived:
             .otherwise(pl.lit("open")),
         )
         .sort(pl.coalesce("start_idx", "stop_idx"))
+        .collect()
+        .lazy()
     )
     tx_connector = (
         tx.filter(pl.col("transaction_id").is_not_null())

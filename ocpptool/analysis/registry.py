@@ -82,6 +82,8 @@ class AnalysisContext:
     options: Options
     capture_start: object = None  # datetime | None (earliest observed ts over all sources)
     capture_end: object = None
+    # Shared intermediate frames, materialised once by :func:`run` (None: each detector builds its own).
+    references: pl.LazyFrame | None = None  # transactions.references(messages)
 
 
 @dataclass(frozen=True)
@@ -141,6 +143,9 @@ def _load_detectors() -> None:
     from . import connectivity, meter, protocol, time, transactions  # noqa: F401 - registration
 
 
+_USES_REFERENCES = {"unknown-transaction", "duplicate-transaction", "invalid-transaction-id", "event-after-end"}
+
+
 def run(tables: Tables, options: Options | None = None, *, only: list[str] | None = None) -> Analysis:
     """Build the derived tables and run every detector (or ``only`` these codes)."""
     from .derived import derive
@@ -166,6 +171,10 @@ def run(tables: Tables, options: Options | None = None, *, only: list[str] | Non
         capture_end=ts.max(),
     )
     chosen = [d for c, d in DETECTORS.items() if only is None or c in only]
+    if any(d.code in _USES_REFERENCES for d in chosen):
+        from .transactions import references
+
+        ctx.references = references(msgs).collect().lazy()
     plans = [conform_findings(d.fn(ctx), d) for d in chosen]
     found = pl.collect_all(plans) if plans else []
     findings = (

@@ -228,6 +228,7 @@ def violations(messages: pl.LazyFrame, evidence_cap: int = 20) -> pl.LazyFrame:
         rows.group_by("dir", "schema", "exact")
         .agg(payload=pl.col("payload").first())
         .with_columns(key=canonical(pl.col("payload")).hash())
+        .cache()  # read three times below: hash and canonicalise each distinct payload once
     )
     classes = _verdict(distinct.group_by("dir", "schema", "key").agg(payload=pl.col("payload").first()))
     plain = classes.filter(~pl.col("sensitive"), pl.col("errors").list.len() > 0).select(

@@ -49,28 +49,49 @@ def is_sentinel(tid: pl.Expr) -> pl.Expr:
 
 
 def references(messages: pl.LazyFrame) -> pl.LazyFrame:
-    """Messages that name a transaction id after its start: MeterValues, StopTransaction, TransactionEvent."""
+    """Messages that name a transaction id after its start: MeterValues, StopTransaction, TransactionEvent.
+
+    ``event_type`` is only read for TransactionEvent (the only action that has one). :func:`registry.run`
+    builds this once for all detectors (``ctx.references``); see :func:`_references`.
+    """
     action = pl.col("action")
     payload = pl.col("payload")
+    calls = messages.filter(
+        (pl.col("message_type") == "CALL")
+        & action.is_in(["MeterValues", "StopTransaction", "TransactionEvent"])
+    ).with_row_index("_row")
+    cols = ("_row", "idx", "ts", "charge_point_id", "conn", "action")
+    # One frame per kind of payload, so that each is searched only for the fields it can carry (a when/then
+    # evaluates every branch on every row), and only rows with an id are searched for the connector.
     return (
-        messages.filter(
-            (pl.col("message_type") == "CALL")
-            & action.is_in(["MeterValues", "StopTransaction", "TransactionEvent"])
+        pl.concat(
+            [
+                calls.filter(action != "TransactionEvent").select(
+                    *cols, transaction_id=payload.str.json_path_match("$.transactionId"),
+                    event_type=pl.lit(None, dtype=pl.String), payload=payload,
+                ),
+                calls.filter(action == "TransactionEvent").select(
+                    *cols, transaction_id=payload.str.json_path_match("$.transactionInfo.transactionId"),
+                    event_type=payload.str.json_path_match("$.eventType"), payload=payload,
+                ),
+            ],
+            how="vertical_relaxed",
         )
-        .select(
-            "idx", "ts", "charge_point_id", "conn", "action",
-            transaction_id=pl.when(action == "TransactionEvent")
-            .then(payload.str.json_path_match("$.transactionInfo.transactionId"))
-            .otherwise(payload.str.json_path_match("$.transactionId")),
-            event_type=payload.str.json_path_match("$.eventType"),
+        .filter(pl.col("transaction_id").is_not_null())
+        .with_columns(
             connector_id=pl.coalesce(
                 payload.str.json_path_match("$.connectorId"),
                 payload.str.json_path_match("$.evseId"),
                 payload.str.json_path_match("$.evse.id"),
             ).cast(pl.Int64, strict=False),
         )
-        .filter(pl.col("transaction_id").is_not_null())
+        .sort("_row")
+        .select("idx", "ts", "charge_point_id", "conn", "action", "transaction_id", "event_type", "connector_id")
     )
+
+
+def _references(ctx: AnalysisContext) -> pl.LazyFrame:
+    return ctx.references if ctx.references is not None else references(ctx.messages)
 
 
 def _starts(ctx: AnalysisContext) -> pl.LazyFrame:
@@ -200,7 +221,7 @@ def orphaned_transaction(ctx: AnalysisContext) -> pl.LazyFrame:
 def unknown_transaction(ctx: AnalysisContext) -> pl.LazyFrame:
     start = _lit_ts(ctx.capture_start)
     known = _starts(ctx).select(KEY).unique()
-    refs = references(ctx.messages).filter(~is_sentinel(pl.col("transaction_id")))
+    refs = _references(ctx).filter(~is_sentinel(pl.col("transaction_id")))
     unknown = (
         refs.join(known, on=KEY, how="anti")
         .sort("idx")
@@ -300,7 +321,7 @@ def duplicate_transaction(ctx: AnalysisContext) -> pl.LazyFrame:
     )
     # 2.x: the charger names the id, so a repeated start is a repeated Started event for one id.
     started_twice = (
-        references(ctx.messages)
+        _references(ctx)
         .filter((pl.col("action") == "TransactionEvent") & (pl.col("event_type") == "Started"))
         .group_by(KEY)
         .agg(pl.col("conn").first(), pl.col("connector_id").first(), ts=pl.col("ts").first(),
@@ -370,7 +391,7 @@ def invalid_transaction_id(ctx: AnalysisContext) -> pl.LazyFrame:
         & (pl.col("transaction_id").is_null() | is_sentinel(pl.col("transaction_id")))
     ).with_columns(transaction_id=pl.col("transaction_id").fill_null("(missing)"))
     bad_refs = (
-        references(m)
+        _references(ctx)
         .filter(is_sentinel(pl.col("transaction_id")))
         .join(rejected, on=KEY, how="anti", nulls_equal=True)
     )
@@ -415,7 +436,7 @@ def event_after_end(ctx: AnalysisContext) -> pl.LazyFrame:
     ended = ctx.transactions.filter(pl.col("stop_idx").is_not_null()).select(
         *KEY, "connector_id", "stop_idx", "stop_observed", w_start=pl.coalesce("start_idx", pl.lit(-1, pl.Int64))
     )
-    refs = references(ctx.messages).filter(pl.col("action").is_in(["MeterValues", "TransactionEvent"]))
+    refs = _references(ctx).filter(pl.col("action").is_in(["MeterValues", "TransactionEvent"]))
     # Each message belongs to the latest transaction with its id started before it.
     late = (
         refs.join(ended, on=KEY)
@@ -561,24 +582,26 @@ def remote_start_without_transaction(ctx: AnalysisContext) -> pl.LazyFrame:
             & pl.col("action").is_in(["RemoteStartTransaction", "RequestStartTransaction"])
         )
         .join(answers, left_on="response_index", right_on="r_idx", how="left", coalesce=False)
-        .filter(
-            (pl.col("r_type") == "CALLRESULT")
-            & (pl.col("r_payload").str.json_path_match("$.status") == "Accepted")
+        .filter(pl.col("r_type") == "CALLRESULT")
+        # a column, then a filter: a filter on the answer would be pushed into the join, over every message
+        .with_columns(
+            _accepted=(pl.col("r_payload").str.json_path_match("$.status") == "Accepted")
             & pl.col("r_payload").str.json_path_match("$.transactionId").is_null()
         )
+        .filter("_accepted")
         .select("idx", "ts", "charge_point_id", "conn", "action", "r_idx", r_ts=pl.coalesce("r_ts", "ts"))
     )
     ev_trigger = pl.col("payload").str.json_path_match("$.triggerReason")
     begins = (
-        m.filter(
-            (pl.col("message_type") == "CALL")
-            & (
-                (pl.col("action") == "StartTransaction")
-                | ((pl.col("action") == "TransactionEvent")
-                   & ((pl.col("payload").str.json_path_match("$.eventType") == "Started")
-                      | (ev_trigger == "RemoteStart")))
-            )
+        m.filter((pl.col("message_type") == "CALL") & pl.col("action").is_in(["StartTransaction", "TransactionEvent"]))
+        # a column, then a filter (two filters would be fused into one over every message): only these
+        # payloads are searched
+        .with_columns(
+            _begin=(pl.col("action") == "StartTransaction")
+            | (pl.col("payload").str.json_path_match("$.eventType") == "Started")
+            | (ev_trigger == "RemoteStart")
         )
+        .filter("_begin")
         .select("charge_point_id", b_idx="idx", b_ts="ts")
         .sort("b_idx")
     )
