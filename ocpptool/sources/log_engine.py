@@ -206,12 +206,7 @@ def finish_frames(df: pl.DataFrame, col: str = "frame", junk: str | None = None)
     fr = fr.str.strip_chars_end()
     df = df.with_columns(text=fr).with_columns(
         _ok=pl.col("text").str.ends_with("]")
-        & (
-            pl.col("text").str.count_matches("[", literal=True)
-            + pl.col("text").str.count_matches("{", literal=True)
-            == pl.col("text").str.count_matches("]", literal=True)
-            + pl.col("text").str.count_matches("}", literal=True)
-        )
+        & (pl.col("text").str.count_matches(r"[\[{]") == pl.col("text").str.count_matches(r"[\]}]"))
     )
     slow_idx = df.select(pl.arg_where(~pl.col("_ok").fill_null(False))).to_series()
     if len(slow_idx):
