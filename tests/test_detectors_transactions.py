@@ -69,6 +69,15 @@ def test_a_start_without_stop_while_the_charger_keeps_talking_is_orphaned():
     assert "kept talking for 4800 s" in f["summary"] and "meter 500 Wh" in f["summary"]
 
 
+def test_a_long_transaction_still_sending_meter_values_at_the_end_is_not_an_error():
+    """A ten-hour session whose meter values run to the end of the capture is alive, not orphaned."""
+    s = Script().start(0, "CP", 11, meter=500)
+    for i in range(1, 601):
+        s.meter(i * 60, "CP", 500 + i * 100, tid=11)
+    f = one(s.findings("orphaned-transaction"))
+    assert f["severity"] == "info" and "capture ends" in f["summary"]
+
+
 def test_a_reboot_after_the_start_makes_it_orphaned_even_soon_after():
     """A BootNotification after an unstopped start is a sign the charger lost it, however short the capture."""
     s = Script().start(0, "CP", 11).meter(30, "CP", 1100, tid=11).boot(60, "CP").heartbeat(70, "CP")

@@ -151,12 +151,19 @@ def orphaned_transaction(ctx: AnalysisContext) -> pl.LazyFrame:
         .group_by("start_idx")
         .agg(pl.col("next_idx").first(), pl.col("next_tid").first())
     )
+    # A transaction is alive as long as meter values for it keep coming: measure from its last sign of life.
+    activity = (
+        ctx.meter_values.filter(pl.col("transaction_id").is_not_null())
+        .group_by("charge_point_id", "transaction_id")
+        .agg(last_activity=pl.col("ts").max())
+    )
+    alive_until = pl.max_horizontal("start_observed", pl.col("last_activity"))
     silence = _seconds(end, pl.col("last_ts"))
     lost = (pl.col("closed").is_not_null() & (pl.col("closed") <= end) & (pl.col("last_ts") <= pl.col("closed"))) | (
         (pl.col("gap_s") > 0) & (silence > DROP_SILENCE_FACTOR * pl.col("gap_s"))
     )
-    kept_on = _seconds(pl.col("last_ts"), pl.col("start_observed")) > grace
-    tail = _seconds(end, pl.col("start_observed"))
+    kept_on = _seconds(pl.col("last_ts"), alive_until) > grace
+    tail = _seconds(end, alive_until)
     reason = (
         pl.when(pl.col("boot_idx").is_not_null())
         .then(pl.concat_str(pl.lit("the charge point rebooted at "), _t(pl.col("boot_ts"))))
@@ -168,9 +175,11 @@ def orphaned_transaction(ctx: AnalysisContext) -> pl.LazyFrame:
                             pl.lit(" s before the capture ends (connection lost)")))
         .when(kept_on)
         .then(pl.concat_str(pl.lit("the charge point kept talking for "),
-                            _s(_seconds(pl.col("last_ts"), pl.col("start_observed"))), pl.lit(" s after the start")))
+                            _s(_seconds(pl.col("last_ts"), alive_until)),
+                            pl.lit(" s after the transaction's last meter value")))
         .when(tail > grace)
-        .then(pl.concat_str(pl.lit("the capture goes on for "), _s(tail), pl.lit(" s after the start")))
+        .then(pl.concat_str(pl.lit("the capture goes on for "), _s(tail),
+                            pl.lit(" s after the transaction's last sign of life")))
     )
     head = pl.concat_str(
         pl.lit("Transaction "), pl.col("transaction_id"), pl.lit(" on connector "),
@@ -179,6 +188,7 @@ def orphaned_transaction(ctx: AnalysisContext) -> pl.LazyFrame:
     )
     return (
         tx.join(last, on="charge_point_id", how="left")
+        .join(activity, on=["charge_point_id", "transaction_id"], how="left")
         .join(cadence, on="charge_point_id", how="left")
         .join(closed, on="charge_point_id", how="left")
         .join(boot_after, on="start_idx", how="left")
@@ -190,7 +200,7 @@ def orphaned_transaction(ctx: AnalysisContext) -> pl.LazyFrame:
             severity=pl.when(pl.col("reason").is_null()).then(pl.lit("info")).otherwise(pl.lit("error")),
             summary=pl.when(pl.col("reason").is_null())
             .then(pl.concat_str(head, pl.lit("the capture ends "), _s(tail, 1),
-                                pl.lit(" s after the start, before a stop could be expected.")))
+                                pl.lit(" s after its last sign of life, before a stop could be expected.")))
             .otherwise(pl.concat_str(head, pl.col("reason"), pl.lit("."))),
             evidence=pl.concat_list(
                 "start_idx", "start_response_idx", "boot_idx", "next_idx",
