@@ -91,3 +91,16 @@ def test_bad_options_are_one_line_errors(trace, tmp_path):
         r = run("decode", str(trace), *args)
         assert r.returncode == 2, args
         assert "Traceback" not in r.stderr and r.stderr.strip(), args
+
+
+def test_a_wss_capture_without_key_log_says_how_to_decode_it():
+    """Encrypted OCPP in a capture is not silently empty: the summary says to pass --keylog."""
+    from pathlib import Path
+
+    wss = Path(__file__).resolve().parent / "captures" / "wss.pcapng"
+    r = run("decode", str(wss))
+    assert r.returncode == 0, r.stderr
+    assert "0 messages" in r.stdout and "--keylog" in r.stdout
+    keys = wss.with_name("wss.keys")
+    r = run("decode", str(wss), "--keylog", str(keys))
+    assert "54 messages" in r.stdout

@@ -70,6 +70,13 @@ CONN_META_SCHEMA: dict[str, pl.DataType] = {
 
 
 @dataclass(frozen=True)
+class SourceNote:
+    """Something about an input the user should be told (e.g. encrypted connections left undecoded)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
 class ConnMeta:
     """Connection facts from a capture, yielded by a source between its RawBatch frames."""
 

@@ -26,7 +26,7 @@ from ..protocol import Correlator, Event, MessageType, decode
 from ..protocol.actions import ALL_ACTIONS, BIDIRECTIONAL, CP_INITIATED, CP_TO_CSMS, CSMS_TO_CP, opposite
 from ..protocol.frames import HEAD_PATTERN, Frame
 from ..protocol.versions import ONLY_2X, ONLY_16, ONLY_21, from_subprotocol, infer
-from ..sources.base import ConnMeta
+from ..sources.base import ConnMeta, SourceNote
 from ..sources.timeparse import parse_ts
 from . import schemas
 
@@ -191,7 +191,7 @@ def decode_batch(raw: pl.DataFrame, log_tz: str | None = None) -> tuple[pl.DataF
 def _load_and_decode(batch, log_tz: str | None) -> tuple[pl.DataFrame, pl.DataFrame] | ConnMeta:
     """Run in a worker: a source may hand over a thunk so that parsing, too, happens in parallel."""
     frame = batch() if callable(batch) else batch
-    if isinstance(frame, ConnMeta):
+    if isinstance(frame, ConnMeta | SourceNote):
         return frame
     return decode_batch(frame, log_tz)
 
@@ -363,6 +363,7 @@ def build_tables(
     msg_parts: list[pl.DataFrame] = []
     weird_parts: list[pl.DataFrame] = []
     meta_parts: list[pl.DataFrame] = []
+    source_notes: list[str] = []
     sources: set[str] = set()
     seq = 0
 
@@ -370,6 +371,9 @@ def build_tables(
         nonlocal seq
         if isinstance(result, ConnMeta):
             meta_parts.append(result.frame)
+            return
+        if isinstance(result, SourceNote):
+            source_notes.append(result.text)
             return
         m, w = result
         if m.height:
@@ -421,7 +425,7 @@ def build_tables(
     meta = pl.concat(meta_parts, how="vertical_relaxed") if meta_parts else None
     connections = _connections(msgs, weirds, versions, meta)
     messages = schemas.conform(msgs, schemas.MESSAGES)
-    notes = _notes(messages)
+    notes = source_notes + _notes(messages)
     return Tables(messages, weirds, connections, notes)
 
 

@@ -29,7 +29,7 @@ from typing import BinaryIO
 
 import polars as pl
 
-from ..base import CONN_META_SCHEMA, ConnMeta, conform
+from ..base import CONN_META_SCHEMA, ConnMeta, SourceNote, conform
 from . import CaptureOptions
 from ._http import OCPP_START, REQUEST_LINE, TAIL, Inflater, head_end, parse_request, parse_response, unmask
 from ._packet import FRAGMENT, endpoint, ports, reverse_key, tcp_of
@@ -143,6 +143,7 @@ class _Engine:
         self.rows: list[tuple] = []
         self.conns: dict[bytes, tuple[_Conn, int]] = {}
         self.ws_conns: list[_Conn] = []
+        self.tls_servers: set[str] = set()
         self.tuple_count: dict[bytes, int] = {}
         self.recent: dict[tuple, list[_Conn]] = {}  # first-row fingerprint -> connections, last DUP_WINDOW
         self.recent_q: deque = deque()
@@ -241,6 +242,12 @@ class _Engine:
         if rows:
             yield self._take()
         yield ConnMeta(self._meta())
+        if self.tls_servers:
+            servers = ", ".join(sorted(self.tls_servers)[:5]) + (" ..." if len(self.tls_servers) > 5 else "")
+            yield SourceNote(
+                f"{self.source}: TLS traffic to {servers} was not decoded; if it is OCPP over wss, "
+                "pass --keylog FILE (a TLS key log) to decode it with tshark"
+            )
 
     def _internal_error(self, conn: _Conn, pos: int, ts: int, exc: Exception) -> None:
         if conn.ws and conn.ocpp is not False:
@@ -458,6 +465,7 @@ class _Engine:
                     return
                 if len(buf) >= 3 and _TLS.match(buf):
                     conn.tls = True
+                    self.tls_servers.add(_tls_server(conn.key, d.idx, buf))
                     self._ignore(conn)
                     return
                 d.state = SYNC
@@ -910,6 +918,18 @@ class _Engine:
             pl.col("closed").cast(pl.Datetime("us")).dt.replace_time_zone("UTC").cast(ts_type),
         )
         return frame.select(list(schema))
+
+
+def _tls_server(key: bytes, side: int, buf: bytes) -> str:
+    """The server end of a TLS connection: the peer of a ClientHello, the sender of a ServerHello, else the
+    end with the lower port (the capture started after the handshake)."""
+    hello = buf[5] if len(buf) > 5 and buf[0] == 0x16 else None
+    if hello == 0x01:
+        return endpoint(key, 1 - side)
+    if hello == 0x02:
+        return endpoint(key, side)
+    a, b = ports(key)
+    return endpoint(key, 0 if a < b else 1)
 
 
 def read(stream: BinaryIO, source: str, options: CaptureOptions) -> Iterator:
