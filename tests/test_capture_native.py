@@ -24,7 +24,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ocpptool.sources.base import CONN_META_SCHEMA, RAW_SCHEMA, ConnMeta, SourceError
+from ocpptool.sources.base import CONN_META_SCHEMA, RAW_SCHEMA, ConnMeta, SourceError, SourceNote
 from ocpptool.sources.capture import CaptureOptions, native
 from ocpptool.testing.pcap import (
     ACK,
@@ -55,7 +55,8 @@ from .conftest import PUBLIC, need
 
 def decode(data: bytes, ports: tuple[int, ...] = ()) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Run the engine on capture bytes: (rows, ConnMeta frame)."""
-    out = list(native.read(io.BytesIO(data), "test.pcap", CaptureOptions(ports=ports)))
+    out = [o for o in native.read(io.BytesIO(data), "test.pcap", CaptureOptions(ports=ports))
+           if not isinstance(o, SourceNote)]
     frames = [o for o in out if isinstance(o, pl.DataFrame)]
     metas = [o.frame for o in out if isinstance(o, ConnMeta)]
     assert len(metas) == 1 and isinstance(out[-1], ConnMeta)
@@ -434,9 +435,12 @@ def test_plain_http_and_tls_connections_are_ignored():
     tls = Flow(client=("10.0.0.9", 40009), server=("10.0.0.2", 443))
     tls.send(True, b"\x17\x03\x03\x00\x10" + os.urandom(16))
     ok = session(Flow())
-    rows, meta = decode(pcap_bytes(sorted(web.packets + tls.packets + ok.packets)))
+    data = pcap_bytes(sorted(web.packets + tls.packets + ok.packets))
+    rows, meta = decode(data)
     assert texts(rows) == [t for _, t in EXCHANGE]
     assert meta["client"].to_list() == ["10.0.0.1:40001"]
+    notes = [o.text for o in native.read(io.BytesIO(data), "t.pcap", CaptureOptions()) if isinstance(o, SourceNote)]
+    assert len(notes) == 1 and "10.0.0.2:443" in notes[0] and "--keylog" in notes[0]
 
 
 def test_ip_fragments_are_counted_as_one_weird():
@@ -578,7 +582,8 @@ PUBLIC_CAPTURES = [
 def _native(path: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
     with open(path, "rb") as fh:
         out = list(native.read(fh, str(path), CaptureOptions()))
-    return pl.concat([o for o in out if isinstance(o, pl.DataFrame)]), out[-1].frame
+    meta = next(o.frame for o in out if isinstance(o, ConnMeta))
+    return pl.concat([o for o in out if isinstance(o, pl.DataFrame)]), meta
 
 
 @pytest.mark.shared
