@@ -103,7 +103,7 @@ def decode(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
 ) -> None:
     """Decode every OCPP-J frame into a messages table; print a summary or write it out."""
-    from .pipeline import filter_messages, load
+    from .pipeline import filter_messages, load, stage
     from .sources.capture import CaptureOptions
     from .summary import print_summary
     from .tables.writers import format_for, write_messages
@@ -117,9 +117,10 @@ def decode(
     capture = CaptureOptions(engine=engine, keylog=keylog, ports=tuple(port or ()))
     tables, paths = load(inputs, input_format=input_format, log_tz=log_tz, capture=capture, progress=not quiet)
     tables.messages = filter_messages(tables.messages, cps=cp, actions=action, since=t_since, until=t_until)
-    err = Console(stderr=True)
+    err = Console(stderr=True, soft_wrap=True)
     if output:
         assert out_fmt is not None
+        stage(f"writing {tables.messages.height:,} messages to {output}", not quiet and tables.messages.height > 200_000)
         write_messages(tables.messages, output, out_fmt)
         if weirds:
             assert weird_fmt is not None
@@ -181,7 +182,7 @@ def analyze(
     """Find what breaks billing: clock drift, orphaned or duplicate transactions, meters going backwards..."""
     from .analysis import DETECTORS, run
     from .analysis.registry import SEVERITY_RANK, _load_detectors
-    from .pipeline import export_tables, load, restrict_cps
+    from .pipeline import export_tables, load, restrict_cps, stage
     from .report import print_report, to_json
     from .sources.capture import CaptureOptions
 
@@ -199,6 +200,7 @@ def analyze(
     tables, _ = load(inputs, input_format=input_format, log_tz=log_tz, capture=capture, progress=not quiet)
     if cp:
         tables = restrict_cps(tables, cp)
+    stage(f"analysing {tables.messages.height:,} messages", not quiet and tables.messages.height > 100_000)
     analysis = run(tables, options, only=only)
     if export:
         export_tables(analysis, export)

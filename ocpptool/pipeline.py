@@ -21,10 +21,19 @@ def load(inputs: list[str], *, input_format: str | None = None, log_tz: str | No
             read_inputs(paths, input_format=input_format, capture=capture, on_bytes=prog.bytes),
             log_tz=log_tz,
             on_rows=prog.add_rows,
+            on_stage=prog.stage,
         )
     finally:
         prog.finish()
     return tables, paths
+
+
+def stage(label: str, enabled: bool) -> None:
+    """One line on stderr before a long final step (analysis, writing), so nobody waits in silence."""
+    if enabled:
+        import sys
+
+        print(f"{label} ...", file=sys.stderr, flush=True)
 
 
 def filter_messages(messages: pl.DataFrame, *, cps: list[str] | None = None, actions: list[str] | None = None,

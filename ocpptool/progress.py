@@ -58,6 +58,16 @@ class Progress:
         self.stream.flush()
         self._shown = True
 
+    def stage(self, label: str) -> None:
+        """Say what long work comes next (after reading: correlating, analysing, writing)."""
+        if not self.enabled or time.monotonic() - self.start < 1.0:
+            return
+        self.label = label
+        line = f"{label} ({self.rows:,} messages, {time.monotonic() - self.start:,.1f} s so far)"
+        self.stream.write(("\r\x1b[2K" + line) if self.tty else line + "\n")
+        self.stream.flush()
+        self._shown = True
+
     def finish(self) -> None:
         if self.enabled and self._shown and self.tty:
             self.stream.write("\r\x1b[2K")

@@ -358,6 +358,7 @@ def build_tables(
     *,
     log_tz: str | None = None,
     on_rows: Callable[[int], None] | None = None,
+    on_stage: Callable[[str], None] | None = None,
 ) -> Tables:
     """Decode every batch, merge sources by time, correlate, and build the three tables."""
     msg_parts: list[pl.DataFrame] = []
@@ -397,6 +398,8 @@ def build_tables(
                 collect(pending.popleft().result())
         while pending:
             collect(pending.popleft().result())
+    if on_stage:
+        on_stage("correlating")
     msgs = pl.concat(msg_parts, how="vertical_relaxed", rechunk=False) if msg_parts else None
     weirds = pl.concat(weird_parts, how="vertical_relaxed") if weird_parts else schemas.empty(schemas.WEIRDS)
     msg_parts.clear()  # the parts live on only inside the concatenated frame
