@@ -134,6 +134,18 @@ def _num(path: str, col: str = "payload") -> pl.Expr:
     return _j(path, col).str.strip_chars().cast(pl.Float64, strict=False)
 
 
+def _top_int(key: str) -> pl.Expr:
+    """An integer field of a key that occurs once in a payload, by regex (quoted or ``1.0`` forms too)."""
+    raw = pl.col("payload").str.extract(rf'"{key}"\s*:\s*"?(-?\d+)(?:\.0*)?"?\s*[,}}]', 1)
+    return raw.cast(pl.Int64, strict=False)
+
+
+def _top_scalar(key: str) -> pl.Expr:
+    """A number or escape-free string field of a key that occurs once, by regex, as json_path_match gives it."""
+    m = pl.col("payload").str.extract_groups(rf'"{key}"\s*:\s*(?:"([^"\\]*)"|(-?\d+(?:\.\d+)?))\s*[,}}]')
+    return pl.coalesce(m.struct.field("1"), m.struct.field("2"))
+
+
 def payload_ts(text: pl.Expr) -> pl.Expr:
     """An OCPP payload timestamp as a UTC instant (a time without a zone is read as UTC, as OCPP requires)."""
     t = text.str.strip_chars()
@@ -210,8 +222,10 @@ def _raw_samples(messages: pl.LazyFrame) -> pl.LazyFrame:
         [
             calls.filter(action == "MeterValues").select(
                 *cols, source_action=action,
-                connector_id=pl.coalesce(_int("$.connectorId"), _int("$.evseId")),
-                transaction_id=_j("$.transactionId"), arr=_j("$.meterValue"),
+                # Top-level scalars of a MeterValues payload (no nested key has these names): a regex is ~10x
+                # cheaper than json_path_match, which re-parses the whole payload for every field.
+                connector_id=pl.coalesce(_top_int("connectorId"), _top_int("evseId")),
+                transaction_id=_top_scalar("transactionId"), arr=_j("$.meterValue"),
             ),
             calls.filter(action == "StopTransaction").select(
                 *cols, source_action=action, connector_id=pl.lit(None, dtype=pl.Int64),
