@@ -10,7 +10,7 @@ from __future__ import annotations
 import polars as pl
 
 from ..tables.schemas import TS
-from .derived import ENERGY_REGISTER, covering_transaction, per_charge_point
+from .derived import ENERGY_REGISTER, _top_int, _top_scalar, covering_transaction, per_charge_point
 from .registry import AnalysisContext, detector
 
 REMOTE_START_WINDOW_S = 180.0  # an accepted remote start should lead to a transaction within this time
@@ -63,28 +63,19 @@ def references(messages: pl.LazyFrame) -> pl.LazyFrame:
     cols = ("_row", "idx", "ts", "charge_point_id", "conn", "action")
     # One frame per kind of payload, so that each is searched only for the fields it can carry (a when/then
     # evaluates every branch on every row), and only rows with an id are searched for the connector.
+    tx16 = calls.filter(action != "TransactionEvent").select(
+        *cols, transaction_id=_top_scalar("transactionId"), event_type=pl.lit(None, dtype=pl.String),
+        # MeterValues carry connectorId (1.6) or evseId (2.x) at the top level; StopTransaction neither.
+        connector_id=pl.coalesce(_top_int("connectorId"), _top_int("evseId")),
+    )
+    tx2x = calls.filter(action == "TransactionEvent").select(
+        *cols, transaction_id=payload.str.json_path_match("$.transactionInfo.transactionId"),
+        event_type=payload.str.json_path_match("$.eventType"),
+        connector_id=payload.str.json_path_match("$.evse.id").cast(pl.Int64, strict=False),
+    )
     return (
-        pl.concat(
-            [
-                calls.filter(action != "TransactionEvent").select(
-                    *cols, transaction_id=payload.str.json_path_match("$.transactionId"),
-                    event_type=pl.lit(None, dtype=pl.String), payload=payload,
-                ),
-                calls.filter(action == "TransactionEvent").select(
-                    *cols, transaction_id=payload.str.json_path_match("$.transactionInfo.transactionId"),
-                    event_type=payload.str.json_path_match("$.eventType"), payload=payload,
-                ),
-            ],
-            how="vertical_relaxed",
-        )
+        pl.concat([tx16, tx2x], how="vertical_relaxed")
         .filter(pl.col("transaction_id").is_not_null())
-        .with_columns(
-            connector_id=pl.coalesce(
-                payload.str.json_path_match("$.connectorId"),
-                payload.str.json_path_match("$.evseId"),
-                payload.str.json_path_match("$.evse.id"),
-            ).cast(pl.Int64, strict=False),
-        )
         .sort("_row")
         .select("idx", "ts", "charge_point_id", "conn", "action", "transaction_id", "event_type", "connector_id")
     )
