@@ -118,6 +118,14 @@ _BAD = "|".join(
 )
 
 
+_METER_VALUES_PAYLOAD = pl.Struct({"meterValue": _METER_VALUE_LIST})
+
+
+def _decodable_payload(payload: pl.Expr) -> pl.Expr:
+    """A MeterValues payload whose ``meterValue`` array passes :func:`_decodable` (same textual guard)."""
+    return payload.str.contains(r'"meterValue"\s*:\s*\[\s*(?:\]|\{)') & ~payload.str.contains(_BAD)
+
+
 def _decodable(arr: pl.Expr) -> pl.Expr:
     return arr.str.contains(r"^\s*\[\s*(?:\]|\{)") & ~arr.str.contains(_BAD)
 
@@ -218,26 +226,40 @@ def _raw_samples(messages: pl.LazyFrame) -> pl.LazyFrame:
     cols = ("_row", "idx", "charge_point_id", "conn", "ts")
     # One frame per action, so that each payload is only searched for the fields its action can carry
     # (a when/then evaluates every branch on every row); put back in message order afterwards.
-    per_action = pl.concat(
-        [
-            calls.filter(action == "MeterValues").select(
-                *cols, source_action=action,
-                # Top-level scalars of a MeterValues payload (no nested key has these names): a regex is ~10x
-                # cheaper than json_path_match, which re-parses the whole payload for every field.
-                connector_id=pl.coalesce(_top_int("connectorId"), _top_int("evseId")),
-                transaction_id=_top_scalar("transactionId"), arr=_j("$.meterValue"),
-            ),
-            calls.filter(action == "StopTransaction").select(
-                *cols, source_action=action, connector_id=pl.lit(None, dtype=pl.Int64),
-                transaction_id=_j("$.transactionId"), arr=_j("$.transactionData"),
-            ),
-            calls.filter(action == "TransactionEvent").select(
-                *cols, source_action=action, connector_id=_int("$.evse.id"),
-                transaction_id=_j("$.transactionInfo.transactionId"), arr=_j("$.meterValue"),
-            ),
-        ],
-        how="vertical_relaxed",
-    ).sort("_row").drop("_row")
+    # MeterValues (the bulk): one JSON decode of the whole payload instead of a path match for the array
+    # and a second decode of it; unknown keys are ignored, the textual guard keeps odd shapes out.
+    meter_values = (
+        calls.filter(action == "MeterValues")
+        .select(
+            *cols, source_action=action,
+            # Top-level scalars of a MeterValues payload (no nested key has these names): a regex is ~10x
+            # cheaper than json_path_match, which re-parses the whole payload for every field.
+            connector_id=pl.coalesce(_top_int("connectorId"), _top_int("evseId")),
+            transaction_id=_top_scalar("transactionId"), payload="payload",
+        )
+        .filter(_decodable_payload(pl.col("payload")))
+        .with_columns(mv=pl.col("payload").str.json_decode(_METER_VALUES_PAYLOAD).struct.field("meterValue"))
+        .drop("payload")
+    )
+    others = (
+        pl.concat(
+            [
+                calls.filter(action == "StopTransaction").select(
+                    *cols, source_action=action, connector_id=pl.lit(None, dtype=pl.Int64),
+                    transaction_id=_j("$.transactionId"), arr=_j("$.transactionData"),
+                ),
+                calls.filter(action == "TransactionEvent").select(
+                    *cols, source_action=action, connector_id=_int("$.evse.id"),
+                    transaction_id=_j("$.transactionInfo.transactionId"), arr=_j("$.meterValue"),
+                ),
+            ],
+            how="vertical_relaxed",
+        )
+        .filter(_decodable(pl.col("arr")))
+        .with_columns(mv=pl.col("arr").str.json_decode(_METER_VALUE_LIST))
+        .drop("arr")
+    )
+    per_action = pl.concat([meter_values, others], how="vertical_relaxed").sort("_row").drop("_row")
     sv = pl.col("sv")
     unit = pl.coalesce(sv.struct.field("unit"), sv.struct.field("unitOfMeasure").struct.field("unit"), pl.lit("Wh"))
     multiplier = sv.struct.field("unitOfMeasure").struct.field("multiplier").cast(pl.Float64, strict=False)
@@ -246,8 +268,6 @@ def _raw_samples(messages: pl.LazyFrame) -> pl.LazyFrame:
     decimals = raw.str.extract(r"^[-+]?\d*\.(\d+)$", 1).str.len_chars().fill_null(0)
     return (
         per_action
-        .filter(_decodable(pl.col("arr")))
-        .with_columns(mv=pl.col("arr").str.json_decode(_METER_VALUE_LIST))
         .explode("mv")
         .filter(pl.col("mv").is_not_null())
         .with_columns(
