@@ -185,14 +185,18 @@ def per_charge_point(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(ctx):
-        k = dataclasses.replace(
-            ctx, messages=keyed(ctx.messages), connections=keyed(ctx.connections),
-            transactions=keyed(ctx.transactions), meter_values=keyed(ctx.meter_values), statuses=keyed(ctx.statuses),
-            references=None if ctx.references is None else keyed(ctx.references),
-        )
-        return unkeyed(fn(k))
+        return unkeyed(fn(keyed_context(ctx)))
 
     return wrapper
+
+
+def keyed_context(ctx):
+    """The context with every table :func:`keyed` (frames cached already keyed, like meter_pairs, pass as is)."""
+    return dataclasses.replace(
+        ctx, messages=keyed(ctx.messages), connections=keyed(ctx.connections),
+        transactions=keyed(ctx.transactions), meter_values=keyed(ctx.meter_values), statuses=keyed(ctx.statuses),
+        references=None if ctx.references is None else keyed(ctx.references),
+    )
 
 
 @dataclass

@@ -56,7 +56,12 @@ def readings(ctx: AnalysisContext) -> pl.LazyFrame:
 
 
 def pairs(ctx: AnalysisContext) -> pl.LazyFrame:
-    """Consecutive readings of one series, classified: ``unit`` (~1000x apart), ``reset``, ``drop``."""
+    """Consecutive readings of one series, classified: ``unit`` (~1000x apart), ``reset``, ``drop``.
+
+    Built once per analysis by :func:`registry.run` (``ctx.meter_pairs``) for the four meter detectors.
+    """
+    if ctx.meter_pairs is not None:
+        return ctx.meter_pairs
     k = ctx.options.kwh_suspect_ratio
     prev = {c: pl.col(c).shift(1).over(SERIES) for c in ("value", "idx", "tx", "resolution", "sample_ts", "kind")}
     lo = pl.min_horizontal("value", "p_value")

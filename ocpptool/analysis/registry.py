@@ -84,6 +84,7 @@ class AnalysisContext:
     capture_end: object = None
     # Shared intermediate frames, materialised once by :func:`run` (None: each detector builds its own).
     references: pl.LazyFrame | None = None  # transactions.references(messages)
+    meter_pairs: pl.LazyFrame | None = None  # meter.pairs on the keyed tables, shared by the meter detectors
 
 
 @dataclass(frozen=True)
@@ -175,10 +176,20 @@ def run(tables: Tables, options: Options | None = None, *, only: list[str] | Non
         from .transactions import references
 
         ctx.references = references(msgs).collect().lazy()
+    if any(d.family == "meter" for d in chosen):
+        from .derived import keyed_context
+        from .meter import pairs
+
+        ctx.meter_pairs = pairs(keyed_context(ctx)).collect().lazy()
     plans = [conform_findings(d.fn(ctx), d) for d in chosen]
     found = pl.collect_all(plans) if plans else []
     findings = (
         pl.concat(found, how="vertical") if found else pl.DataFrame(schema=FINDINGS)
     ).with_columns(_rank=pl.col("severity").replace_strict(SEVERITY_RANK, default=9))
-    findings = findings.sort(["_rank", "code", "ts", "charge_point_id"], nulls_last=True).drop("_rank")
+    # Fully ordered (first evidence row breaks ties), so the same input always gives the same report.
+    findings = (
+        findings.with_columns(_first=pl.col("evidence").list.first())
+        .sort(["_rank", "code", "ts", "charge_point_id", "_first", "transaction_id"], nulls_last=True)
+        .drop("_rank", "_first")
+    )
     return Analysis(findings, transactions, meter_values, statuses, tables, options)
