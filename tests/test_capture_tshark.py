@@ -294,3 +294,16 @@ def test_make_captures_script_records_a_scenario(tmp_path: Path) -> None:
     n_logged = len(log.read_text(encoding="utf-8").splitlines())
     assert tables.messages.height == n_logged
     assert set(tables.messages["charge_point_id"].unique().to_list()) == {"CP-V6", "CS-V6"}
+
+
+def test_a_too_old_tshark_is_refused_with_a_clear_message(tmp_path, monkeypatch):
+    """A tshark older than the engine supports is named with its version and the way out."""
+    from ocpptool.sources.base import SourceError as _SourceError
+    from ocpptool.sources.capture.tshark import find_tshark
+
+    fake = tmp_path / "tshark"
+    fake.write_text("#!/bin/sh\necho 'TShark (Wireshark) 2.6.20 (Git v2.6.20)'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(_SourceError, match=r"tshark 2\.6\.20 .* too old .*--engine native"):
+        find_tshark()

@@ -89,10 +89,25 @@ DISPLAY_FILTER = (
 CP_TO_CSMS, CSMS_TO_CP = "cp->csms", "csms->cp"
 
 
+MIN_VERSION = (3, 0)
+
+
 def find_tshark() -> str:
+    """tshark on PATH, checked with pyshark for a version whose ``-T ek`` fields this engine reads."""
     path = shutil.which("tshark")
     if not path:
         raise SourceError(INSTALL_HINT)
+    try:
+        from pyshark.tshark.tshark import get_tshark_version
+
+        version = get_tshark_version(path)
+    except Exception:  # noqa: BLE001 - an odd build that will not say its version: let tshark itself decide
+        return path
+    if (version.major, version.minor) < MIN_VERSION:
+        raise SourceError(
+            f"tshark {version} at {path} is too old for this engine (need {MIN_VERSION[0]}.{MIN_VERSION[1]} or "
+            "newer): upgrade it (apt-get install tshark) or use --engine native"
+        )
     return path
 
 
