@@ -20,7 +20,6 @@ app = typer.Typer(
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-_state = {"traceback": False}
 
 
 def _version(value: bool) -> None:
@@ -36,7 +35,7 @@ def _root(
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
 ) -> None:
-    _state["traceback"] = traceback
+    del traceback, version  # both handled before typer runs: --traceback in main(), --version by its callback
 
 
 def _parse_time(text: str | None, option: str) -> datetime | None:

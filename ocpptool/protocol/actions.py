@@ -71,8 +71,14 @@ _ALIASES = {
     "csms-to-cs": CSMS_TO_CP, "csms2cp": CSMS_TO_CP, "centralsystem>chargepoint": CSMS_TO_CP,
     "csms->station": CSMS_TO_CP, "downstream": CSMS_TO_CP, "cs_to_cp": CSMS_TO_CP, "cs-to-cp": CSMS_TO_CP,
     "recv": CSMS_TO_CP, "receive": CSMS_TO_CP, "received": CSMS_TO_CP, "rx": CSMS_TO_CP, "in": CSMS_TO_CP,
-    "incoming": CSMS_TO_CP, "sent": CP_TO_CSMS,
+    "incoming": CSMS_TO_CP, "sent": CP_TO_CSMS, "charger->csms": CP_TO_CSMS, "csms->charger": CSMS_TO_CP,
+    "outbound": CP_TO_CSMS, "inbound": CSMS_TO_CP,
 }  # fmt: skip
+# Words that only say "sent"/"received": their meaning depends on whose log it is.
+_PERSPECTIVE_WORDS = frozenset(
+    {"send", "sent", "tx", "out", "outgoing", "outbound", "recv", "receive", "received", "rx", "in", "incoming",
+     "inbound"}
+)
 
 
 def normalise_direction(text: str | None, *, perspective: str = "cp") -> str | None:
@@ -87,18 +93,6 @@ def normalise_direction(text: str | None, *, perspective: str = "cp") -> str | N
     value = _ALIASES.get(key)
     if value is None:
         return None
-    if perspective == "csms" and key in {
-        "send",
-        "sent",
-        "tx",
-        "out",
-        "outgoing",
-        "recv",
-        "receive",
-        "received",
-        "rx",
-        "in",
-        "incoming",
-    }:
+    if perspective == "csms" and key in _PERSPECTIVE_WORDS:
         return opposite(value)
     return value

@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-import polars as pl
-
 from .base import RAW_SCHEMA, RawBatch, SourceError, conform
 from .capture import CaptureOptions
 
@@ -265,6 +263,3 @@ def read_inputs(
     for path in expand_inputs(paths):
         yield from read_one(path, input_format=input_format, capture=capture, on_bytes=on_bytes)
 
-
-def empty() -> pl.DataFrame:
-    return pl.DataFrame(schema=RAW_SCHEMA)

@@ -87,10 +87,6 @@ class SourceError(Exception):
     """A whole input cannot be read (unreadable, empty, binary, unrecognised). One line for the user."""
 
 
-def empty_batch() -> pl.DataFrame:
-    return pl.DataFrame(schema=RAW_SCHEMA)
-
-
 def conform(df: pl.DataFrame) -> pl.DataFrame:
     """Add missing RAW columns as nulls and put them in schema order with schema types."""
     cols = []

@@ -16,7 +16,7 @@ from typing import BinaryIO
 import orjson
 import polars as pl
 
-from ..protocol.actions import CP_TO_CSMS, CSMS_TO_CP
+from ..protocol.actions import normalise_direction
 from .base import conform
 
 CHUNK_BYTES = 16 << 20
@@ -38,18 +38,8 @@ TRACE_SCHEMA = {
     "raw": pl.String, "error": pl.String, "schemaVersion": pl.String, "meta": pl.String,
 }  # fmt: skip
 
-_DIRECTION_MAP = {
-    "cp->csms": CP_TO_CSMS, "cp-to-csms": CP_TO_CSMS, "cp_to_csms": CP_TO_CSMS, "cs_to_csms": CP_TO_CSMS,
-    "cs->csms": CP_TO_CSMS, "cs-to-csms": CP_TO_CSMS, "cp->cs": CP_TO_CSMS, "cp-to-cs": CP_TO_CSMS,
-    "cp_to_cs": CP_TO_CSMS, "charger->csms": CP_TO_CSMS, "station->csms": CP_TO_CSMS, "upstream": CP_TO_CSMS,
-    "inbound": CP_TO_CSMS, "incoming": CP_TO_CSMS, "in": CP_TO_CSMS, "received": CP_TO_CSMS,
-    "csms->cp": CSMS_TO_CP, "csms-to-cp": CSMS_TO_CP, "csms_to_cp": CSMS_TO_CP, "csms_to_cs": CSMS_TO_CP,
-    "csms->cs": CSMS_TO_CP, "csms-to-cs": CSMS_TO_CP, "cs->cp": CSMS_TO_CP, "cs-to-cp": CSMS_TO_CP,
-    "cs_to_cp": CSMS_TO_CP, "csms->charger": CSMS_TO_CP, "csms->station": CSMS_TO_CP,
-    "downstream": CSMS_TO_CP, "outbound": CSMS_TO_CP, "outgoing": CSMS_TO_CP, "out": CSMS_TO_CP,
-    "sent": CSMS_TO_CP,
-}  # fmt: skip
-# "in"/"out"/"sent"/"received" are read from the CSMS's side, which is who writes JSON-lines logs.
+# JSON-lines logs are written by CSMSs: "in"/"out"/"sent"/"received" are read from the CSMS's side.
+_PERSPECTIVE = "csms"
 
 
 def _first(keys: tuple[str, ...], seen: dict[str, int]) -> str | None:
@@ -232,7 +222,7 @@ def _trace_rows(df: pl.DataFrame, source: str) -> pl.DataFrame:
             _edesc=pl.coalesce(err.str.json_path_match("$.description"), pl.lit("")),
             _edetails=err.str.json_path_match("$.details"),
         )
-        direction = pl.col("direction").str.to_lowercase().replace_strict(_DIRECTION_MAP, default=None)
+        direction = _map_unique(df, "direction", _direction)
         out = df.select(
             ts_text=pl.col("timestamp"),
             source=pl.lit(source),
@@ -276,7 +266,7 @@ def _map_unique(df: pl.DataFrame, key: str | None, fn: Callable[[str], str | Non
 
 
 def _direction(value: str) -> str | None:
-    return _DIRECTION_MAP.get(value.strip().lower().replace(" ", ""))
+    return normalise_direction(value, perspective=_PERSPECTIVE)
 
 
 def _subprotocol(value: str) -> str | None:

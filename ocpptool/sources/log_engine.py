@@ -13,6 +13,7 @@ from typing import TextIO
 
 import polars as pl
 
+from ..protocol.frames import excerpt
 from .base import BATCH_ROWS, RAW_SCHEMA, conform
 
 #: Characters read from the stream per chunk (tests change it to prove chunking does not matter).
@@ -27,11 +28,6 @@ TS_ISO = r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:[.,]\d+)?(?:\s?Z|\s?[+-]\d\d:?\d\
 ANSI = r"\x1b\[[0-9;?]*[A-Za-z]"
 _ANSI = re.compile(ANSI)
 
-EXCERPT = 200
-
-
-def excerpt(text: str, limit: int = EXCERPT) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def strip_ansi(text: str) -> str:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import polars as pl
 
 from ..protocol import Correlator, Event, MessageType, decode
-from ..protocol.actions import ALL_ACTIONS, BIDIRECTIONAL, CP_INITIATED, CP_TO_CSMS, CSMS_TO_CP, opposite
+from ..protocol.actions import ALL_ACTIONS, BIDIRECTIONAL, CP_INITIATED, CP_TO_CSMS, CSMS_TO_CP
 from ..protocol.frames import HEAD_PATTERN, Frame
 from ..protocol.versions import ONLY_2X, ONLY_16, ONLY_21, from_subprotocol, infer
 from ..sources.base import ConnMeta, SourceNote
@@ -439,6 +439,3 @@ def _notes(messages: pl.DataFrame) -> list[str]:
         notes.append(f"{n:,} messages have no observed time: {hint or 'unknown'}")
     return notes
 
-
-def opposite_direction(d: str | None) -> str | None:  # re-export for callers of this module
-    return opposite(d)
