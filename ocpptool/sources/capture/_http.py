@@ -59,15 +59,22 @@ def parse_request(head: bytes) -> Request:
     first, h = parse_head(head)
     parts = first.split(" ")
     target = parts[1] if len(parts) >= 2 else ""
-    path = urlsplit(target).path if "://" in target else target.split("?", 1)[0].split("#", 1)[0]
-    segments = [s for s in path.split("/") if s]
-    cp = unquote(segments[-1]) if segments else None
+    path, cp = request_target(target)
     upgrade = "websocket" in h.get("upgrade", "").lower()
     offered = h.get("sec-websocket-protocol", "").split(",")[0].strip() or None
-    return Request(upgrade, path or None, cp, offered, _auth(h.get("authorization")))
+    return Request(upgrade, path, cp, offered, auth_summary(h.get("authorization")))
 
 
-def _auth(value: str | None) -> str | None:
+def request_target(target: str) -> tuple[str | None, str | None]:
+    """URL path of an upgrade request's target (origin or absolute form) and the charge point id: its last
+    non-empty segment, percent-decoded. Both engines use this, so they name charge points alike."""
+    path = urlsplit(target).path if "://" in target else target.split("?", 1)[0].split("#", 1)[0]
+    segments = [s for s in path.split("/") if s]
+    return path or None, (unquote(segments[-1]) if segments else None)
+
+
+def auth_summary(value: str | None) -> str | None:
+    """An ``Authorization`` header as its scheme (and the user for Basic); never the secret."""
     if not value:
         return None
     scheme, _, cred = value.strip().partition(" ")

@@ -22,8 +22,6 @@ fragmented compressed message is inflated from its last fragment only.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import os
 import re
 import shutil
@@ -33,13 +31,13 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import unquote
 
 import orjson
 import polars as pl
 
 from ..base import CONN_META_SCHEMA, RAW_SCHEMA, ConnMeta, SourceError
 from . import CaptureOptions
+from ._http import auth_summary, request_target
 
 INSTALL_HINT = (
     "tshark is needed for this capture (TLS or --engine tshark): install it with apt-get install tshark"
@@ -138,27 +136,6 @@ def _ts_us(epoch: str) -> int:
     return int(sec) * 1_000_000 + int((frac + "000000")[:6]) * (-1 if sec.startswith("-") else 1)
 
 
-def _auth(value: str | None) -> str | None:
-    """The scheme (and the user for Basic); never the secret."""
-    if not value:
-        return None
-    scheme, _, cred = value.strip().partition(" ")
-    scheme = scheme.lower()
-    if scheme == "basic":
-        try:
-            user = base64.b64decode(cred.strip(), validate=False).decode("utf-8", "replace").partition(":")[0]
-        except (binascii.Error, ValueError):
-            return "basic"
-        return f"basic user={user}"
-    return scheme or None
-
-
-def _charge_point_id(uri: str) -> tuple[str, str | None]:
-    path = uri.split("?", 1)[0].split("#", 1)[0]
-    if "://" in path:  # absolute-form request target
-        path = "/" + path.split("://", 1)[1].partition("/")[2]
-    seg = path.rstrip("/").rsplit("/", 1)[-1]
-    return path, (unquote(seg) or None)
 
 
 @dataclass
@@ -305,11 +282,11 @@ class _Reader:
                 return  # only the first upgrade request counts
             c.handshake_seen = True
             c.client_pair = src
-            c.url_path, c.charge_point_id = _charge_point_id(uri)
+            c.url_path, c.charge_point_id = request_target(uri)
             protos = g("http_sec_websocket_protocol")
             if protos:
                 c.offer = protos[0].split(",")[0].strip() or None
-            c.auth = _auth((g("http_authorization") or [None])[0])
+            c.auth = auth_summary((g("http_authorization") or [None])[0])
             c.ws_key = key
             if key:
                 first = self.ws_keys.get(key)
