@@ -153,16 +153,13 @@ def decode_batch(raw: pl.DataFrame, log_tz: str | None = None) -> tuple[pl.DataF
         ).fill_null(False)
     )
     n_fast = int(df["_fast"].sum())
-    if n_fast == df.height:
-        if df.height and not _bodies_valid(df["payload"]).all():
-            df = df.with_columns(_fast=_bodies_valid(df["payload"]))
-            n_fast = -1
-    elif n_fast:
-        cand = df.filter(pl.col("_fast"))
-        valid = _bodies_valid(cand["payload"])
+    if n_fast:
+        cand = df if n_fast == df.height else df.filter(pl.col("_fast"))
+        valid = _bodies_valid(cand["payload"])  # once per batch (the row-by-row fallback inside is costly)
         if not valid.all():
             bad = cand.filter(~valid)["_r"]
             df = df.with_columns(_fast=pl.col("_fast") & ~pl.col("_r").is_in(bad.implode()))
+            n_fast = -1  # some rows take the reference decoder
     nulls = [pl.lit(None, pl.String).alias(c) for c in ("error_code", "error_description", "error_details")]
     if n_fast == df.height:  # the common case: every row a well-formed CALL/CALLRESULT
         msgs = df.select(*_KEEP, *_FRAME_COLS[:4], *nulls)
