@@ -71,12 +71,14 @@ def export_tables(analysis, directory: str) -> list[str]:
         from .errors import UserError
 
         raise UserError(f"--export {directory}: cannot create ({exc.strerror})") from None
+    from .tables.writers import write_parquet
+
     t = analysis.tables
     written = []
     for name, df in (("messages", t.messages), ("weirds", t.weirds), ("connections", t.connections),
                      ("transactions", analysis.transactions), ("meter_values", analysis.meter_values),
                      ("statuses", analysis.statuses), ("findings", analysis.findings)):
         path = os.path.join(directory, f"{name}.parquet")
-        df.write_parquet(path, compression="zstd", compression_level=1)
+        write_parquet(df, path)
         written.append(path)
     return written

@@ -113,10 +113,15 @@ def trace_lines(messages: pl.DataFrame) -> pl.Series:
     return messages.select(line.alias("line")).to_series()
 
 
+def write_parquet(df: pl.DataFrame, path: str) -> None:
+    """Every Parquet file ocpptool writes: zstd level 1 (as small as the default level, faster to write)."""
+    df.write_parquet(path, compression="zstd", compression_level=1)
+
+
 def write_messages(messages: pl.DataFrame, path: str, fmt: str) -> None:
     try:
         if fmt == "parquet":
-            messages.write_parquet(path, compression="zstd", compression_level=1)
+            write_parquet(messages, path)
         elif fmt == "csv":
             messages.write_csv(path)
         elif fmt == "jsonl":
