@@ -3,9 +3,18 @@
     uv run python bench/bench_capture.py              # full run: 100k and 1M messages (tshark on both: minutes)
     uv run python bench/bench_capture.py --quick      # smoke check: 100k messages only
     uv run python bench/bench_capture.py --messages 300000 3000000 --no-tshark
+    uv run python bench/bench_capture.py --traffic fleet  # realistic fleet traffic instead (see below)
 
-Inputs are written by :func:`ocpptool.testing.pcap.write_big_capture` into ``bench/out/`` (git-ignored) and
-reused when a file with the same parameters and generator exists (its ``.meta.json`` says so). Every case
+Inputs go to ``bench/out/`` (git-ignored) and are reused when a file with the same parameters and generator
+exists (its ``.meta.json`` says so). Two kinds of traffic (``--traffic``):
+
+- ``simple`` (default): :func:`ocpptool.testing.pcap.write_big_capture`, short MeterValues CALLs (one
+  sampled value, ~190 bytes) and ``{}`` CALLRESULTs on random chargers: the cheapest messages to decode;
+- ``fleet``: the fleet of bench/gen_fleet.py (boots, heartbeats, authorisations, transactions, MeterValues
+  with four measurands, CSMS-initiated calls, CALLERRORs; 1.6 and 2.0.1; ~370 bytes per message on
+  average), written as the CSMS port's packets by :func:`ocpptool.testing.pcap.write_fleet_capture`.
+  Closer to a real fleet, and heavier for both engines.
+ Every case
 is a child process, timed from outside (wall) with its own peak RSS and CPU time from ``wait4``:
 
 - ``decode``: ``ocpptool decode FILE -o bench/out/FILE.parquet -q --engine native`` (the real CLI);
@@ -50,6 +59,7 @@ from bench_decode import cli_command  # noqa: E402
 # a large Parquet file would inflate every later child's figure. Its own peak is reported as a floor.
 GENERATOR = ROOT / "ocpptool" / "testing" / "pcap.py"
 GENERATOR_VERSION = hashlib.sha256(GENERATOR.read_bytes()).hexdigest()[:16]
+FLEET_VERSION = hashlib.sha256(GENERATOR.read_bytes() + (HERE / "gen_fleet.py").read_bytes()).hexdigest()[:16]
 SAMPLE_MESSAGES = 20_000  # the untimed tshark output check
 PROGRESS_EVERY = 10.0  # seconds between progress lines on stderr while a child runs
 
@@ -94,26 +104,45 @@ def say(args, msg: str) -> None:
 def input_file(messages: int, args) -> tuple[Path, dict]:
     """The synthetic capture for these parameters, written now unless an identical one exists."""
     share = f"{args.compress_share:g}"
-    path = OUT / f"capture-{messages}-c{args.chargers}-z{share}-s{args.seed}.pcap"
+    fleet = args.traffic == "fleet"
+    kind = "capture-fleet" if fleet else "capture"
+    path = OUT / f"{kind}-{messages}-c{args.chargers}-z{share}-s{args.seed}.pcap"
     meta_path = Path(str(path) + ".meta.json")
     want = {"messages": messages, "chargers": args.chargers, "compress_share": args.compress_share,
-            "seed": args.seed}  # fmt: skip
+            "seed": args.seed, **({"traffic": "fleet"} if fleet else {})}  # fmt: skip
+    version = FLEET_VERSION if fleet else GENERATOR_VERSION
     if path.exists() and meta_path.exists():
         meta = json.loads(meta_path.read_text())
-        if (meta.get("params") == want and meta.get("generator_version") == GENERATOR_VERSION
+        if (meta.get("params") == want and meta.get("generator_version") == version
                 and meta.get("bytes") == path.stat().st_size):  # fmt: skip
             return path, meta
     say(args, f"generating {path.name} ...")
     t0 = time.perf_counter()
-    gen = subprocess.run([sys.executable, "-m", "ocpptool.testing.pcap", str(path), str(messages),
-                          "--chargers", str(args.chargers), "--compress-share", str(args.compress_share),
-                          "--seed", str(args.seed)], capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+    extra: dict = {}
+    if fleet:
+        log = OUT / f".fleet-for-capture-{messages}-c{args.chargers}-s{args.seed}.jsonl"
+        gen = subprocess.run([sys.executable, str(HERE / "gen_fleet.py"), "--format", "jsonl", "--messages",
+                              str(messages), "--chargers", str(args.chargers), "--seed", str(args.seed), "--out",
+                              str(log)], capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+        if gen.returncode != 0:
+            raise SystemExit(f"generating {log.name} failed: {gen.stderr.strip()[-2000:]}")
+        fleet_meta = json.loads(Path(str(log) + ".meta.json").read_text())
+        extra = {"by_type": fleet_meta["by_type"], "calls": fleet_meta["by_type"]["CALL"]}
+        cmd = [sys.executable, "-m", "ocpptool.testing.pcap", str(path), "--from-jsonl", str(log),
+               "--compress-share", str(args.compress_share)]  # fmt: skip
+    else:
+        cmd = [sys.executable, "-m", "ocpptool.testing.pcap", str(path), str(messages), "--chargers",
+               str(args.chargers), "--compress-share", str(args.compress_share), "--seed", str(args.seed)]  # fmt: skip
+    gen = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if gen.returncode != 0:
         raise SystemExit(f"generating {path.name} failed: {gen.stderr.strip()[-2000:]}")
+    if fleet:
+        log.unlink()
+        Path(str(log) + ".meta.json").unlink()
     seconds = time.perf_counter() - t0
     facts = json.loads(gen.stdout.strip().splitlines()[-1])
     facts.pop("seconds", None)
-    meta = {"params": want, "generator_version": GENERATOR_VERSION, "seconds": seconds, **facts}
+    meta = {"params": want, "generator_version": version, "seconds": seconds, **facts, **extra}
     meta_path.write_text(json.dumps(meta, indent=2) + "\n")
     say(args, f"  {facts['messages']:,} messages, {facts['packets']:,} packets, {facts['bytes'] / 1e6:,.0f} MB "
               f"in {seconds:.1f} s ({facts['messages'] / max(seconds, 1e-9):,.0f} messages/s)")  # fmt: skip
@@ -223,7 +252,8 @@ def check_parquet(parquet: Path, meta: dict) -> tuple[list[str], dict]:
     facts = {"rows": got["rows"], "output_mb": parquet.stat().st_size / 1e6}
     if got["rows"] != meta["messages"]:
         problems.append(f"row count {got['rows']:,} != {meta['messages']:,} messages generated")
-    want = {k: v for k, v in {"CALL": meta["calls"], "CALLRESULT": meta["calls"]}.items() if v}
+    by_type = meta.get("by_type") or {"CALL": meta["calls"], "CALLRESULT": meta["calls"]}
+    want = {k: v for k, v in by_type.items() if v}
     if got["by_type"] != want:
         problems.append(f"rows per message type {got['by_type']} != generated {want}")
     if got["unpaired"]:
@@ -238,7 +268,7 @@ def check_tshark_sample(args) -> dict:
     path, meta = input_file(SAMPLE_MESSAGES, args)
     out = subprocess.run(tshark_command(path), capture_output=True, cwd=ROOT, timeout=600)
     lines = out.stdout.decode(errors="replace").splitlines()
-    bad = [ln for ln in lines if not (ln.startswith('[2,"') or ln.startswith('[3,"'))]
+    bad = [ln for ln in lines if not ln.startswith(('[2,"', '[3,"', '[4,"'))]
     problems = []
     if out.returncode != 0:
         problems.append(f"tshark exit code {out.returncode}: {out.stderr.decode(errors='replace')[-500:]}")
@@ -358,6 +388,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compress-share", type=float, default=0.25,
                    help="share of the chargers using permessage-deflate (default 0.25)")  # fmt: skip
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--traffic", choices=("simple", "fleet"), default="simple",
+                   help="simple: short MeterValues pairs (default); fleet: bench/gen_fleet.py's realistic fleet")
     p.add_argument("--no-tshark", action="store_true", help="skip the tshark runs (and its output check)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     args = p.parse_args(argv)
@@ -416,8 +448,9 @@ def main(argv: list[str] | None = None) -> int:
         "engine_memory_growth": growth,
         "parent_peak_rss_mb": floor,
     }
-    (OUT / "capture-results.json").write_text(json.dumps(doc, indent=2) + "\n")
-    say(args, f"\nwrote {(OUT / 'capture-results.json').relative_to(ROOT)}")
+    results_path = OUT / ("capture-results.json" if args.traffic == "simple" else "capture-results-fleet.json")
+    results_path.write_text(json.dumps(doc, indent=2) + "\n")
+    say(args, f"\nwrote {results_path.relative_to(ROOT)}")
     failed = any(r["status"] != "ok" for r in results) or (sample is not None and sample["status"] != "ok")
     return 1 if failed else 0
 

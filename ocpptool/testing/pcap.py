@@ -8,7 +8,8 @@ Builders, from the inside out:
 - :class:`Flow`: one TCP connection written packet by packet, charger (client) and CSMS (server), with
   :func:`request` / :func:`response` for the HTTP upgrade;
 - :func:`pcap_bytes` / :func:`pcapng_bytes`: the file formats, from ``(ts_us, data)`` packets;
-- :func:`write_big_capture`: a large fleet capture streamed to disk in constant memory.
+- :func:`write_big_capture`: a large fleet capture streamed to disk in constant memory;
+- :func:`write_fleet_capture`: any recorded traffic (e.g. bench/gen_fleet.py's fleet) as a capture.
 
 Write a large capture from the command line::
 
@@ -25,7 +26,7 @@ from fractions import Fraction
 __all__ = [
     "ACK", "FIN", "KEY", "LINKTYPES", "M32", "PA", "PSH", "RST", "SYN", "T0", "TAIL",
     "Deflater", "Flow", "ipv4", "ipv6", "pcap_bytes", "pcapng_bytes", "request", "response", "tcp_seg",
-    "wrap", "write_big_capture", "ws_frame",
+    "wrap", "write_big_capture", "write_fleet_capture", "ws_frame",
 ]  # fmt: skip
 
 FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
@@ -130,11 +131,11 @@ class Flow:
         self.t += dt
         self.packets.append((self.t, wrap(self.link, ip, self.v6)))
 
-    def send(self, from_client: bool, data: bytes, *, splits: list[int] | None = None) -> None:
+    def send(self, from_client: bool, data: bytes, *, splits: list[int] | None = None, dt: int = 1000) -> None:
         cuts = [0, *(splits or range(1460, len(data), 1460)), len(data)]
         for a, b in zip(cuts, cuts[1:], strict=False):
             if b > a:
-                self.raw(from_client, data[a:b])
+                self.raw(from_client, data[a:b], dt=dt)
                 self.seq[from_client] += b - a
 
     def syn(self) -> Flow:
@@ -301,6 +302,61 @@ def write_big_capture(path: str, messages: int, *, chargers: int = 200, seed: in
     }
 
 
+def write_fleet_capture(path: str, frames, *, compress_share: float = 0.25) -> dict:
+    """Write recorded traffic as the CSMS's port would have seen it: ``frames`` yields
+    ``(ts_us, charge_point_id, from_charger, text, subprotocol)`` in time order. Each charge point gets one
+    connection (SYN and HTTP upgrade just before its first frame, path ``/ocpp/<id>``), ``compress_share`` of
+    them permessage-deflate (context takeover); charger frames are masked; every data packet is acknowledged.
+    A message's last segment carries the frame's own time (segments 1 µs apart). Streams to ``path``; memory grows only with the charge points."""
+    if not 0 <= compress_share <= 1:
+        raise ValueError(f"compress_share must be between 0 and 1, not {compress_share}")
+    share = Fraction(str(compress_share)).limit_denominator(1_000_000)
+    flows: dict[str, tuple[Flow, tuple[Deflater, Deflater] | None]] = {}
+    packets = messages = 0
+    with open(path, "wb") as out:
+        out.write(pcap_bytes([]))
+        for ts, cp, from_client, text, proto in frames:
+            entry = flows.get(cp)
+            if entry is None:
+                i = len(flows)
+                deflate = _deflating(i, share)
+                f = Flow(client=(f"10.1.{i // 250}.{i % 250 + 1}", 30000 + i % 30000), server=("10.0.0.2", 9000),
+                         t0=ts - 20_000)
+                f.syn().upgrade(path=f"/ocpp/{cp}", protocol=proto,
+                                extensions="permessage-deflate; client_max_window_bits=15" if deflate else None)
+                entry = flows[cp] = (f, (Deflater(), Deflater()) if deflate else None)
+            f, z = entry
+            data = text.encode()
+            if z:
+                data = ws_frame(z[0 if from_client else 1](data), mask=KEY if from_client else None, rsv1=True)
+            else:
+                data = ws_frame(data, mask=KEY if from_client else None)
+            f.t = ts - (len(data) + 1459) // 1460  # the last segment completes the message at exactly ts
+            f.send(from_client, data, dt=1)
+            f.raw(not from_client, b"", flags=ACK, dt=1)
+            messages += 1
+            packets += len(f.packets)
+            out.write(pcap_bytes(f.packets)[24:])
+            f.packets = []
+        size = out.tell()
+    return {"messages": messages, "chargers": len(flows), "compressed_chargers": sum(1 for _, z in flows.values() if z),
+            "compress_share": compress_share, "packets": packets, "bytes": size}
+
+
+def _jsonl_frames(path: str):
+    """``(ts_us, cp, from_charger, text, subprotocol)`` from a JSON lines log like captures/fleet-demo.jsonl."""
+    from datetime import datetime
+
+    import orjson
+
+    with open(path, "rb") as fh:
+        for line in fh:
+            d = orjson.loads(line)
+            ts = datetime.fromisoformat(d["timestamp"].replace("Z", "+00:00"))
+            yield (int(ts.timestamp()) * 1_000_000 + ts.microsecond, d["charge_point_id"],
+                   d["direction"] == "cp->csms", d["message"], d.get("subprotocol") or "ocpp1.6")
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
     import json
@@ -309,19 +365,28 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m ocpptool.testing.pcap",
                                 description="Write a large synthetic OCPP-J capture (pcap), streaming to disk.")  # fmt: skip
     p.add_argument("out", help="the pcap file to write")
-    p.add_argument("messages", type=int, help="WebSocket messages (CALL + CALLRESULT pairs; rounded down to even)")
+    p.add_argument("messages", type=int, nargs="?",
+                   help="WebSocket messages (CALL + CALLRESULT pairs; rounded down to even)")  # fmt: skip
+    p.add_argument("--from-jsonl", metavar="LOG",
+                   help="instead: the traffic of this JSON lines log (e.g. from bench/gen_fleet.py), one "
+                        "connection per charge point")  # fmt: skip
     p.add_argument("--chargers", type=int, default=200, help="connections, one charger each (default 200)")
     p.add_argument("--compress-share", type=float, default=0.25,
                    help="share of the chargers using permessage-deflate (default 0.25)")
     p.add_argument("--seed", type=int, default=7)
     args = p.parse_args(argv)
-    if args.chargers < 1 or args.messages < 0:
+    if (args.messages is None) == (args.from_jsonl is None):
+        p.error("give either MESSAGES or --from-jsonl LOG")
+    if args.chargers < 1 or (args.messages is not None and args.messages < 0):
         p.error("need at least one charger and a non-negative message count")
     if not 0 <= args.compress_share <= 1:
         p.error("--compress-share must be between 0 and 1")
     t0 = time.perf_counter()
-    facts = write_big_capture(args.out, args.messages, chargers=args.chargers, seed=args.seed,
-                              compress_share=args.compress_share)  # fmt: skip
+    if args.from_jsonl:
+        facts = write_fleet_capture(args.out, _jsonl_frames(args.from_jsonl), compress_share=args.compress_share)
+    else:
+        facts = write_big_capture(args.out, args.messages, chargers=args.chargers, seed=args.seed,
+                                  compress_share=args.compress_share)  # fmt: skip
     facts["seconds"] = round(time.perf_counter() - t0, 3)
     print(json.dumps(facts))
     return 0
