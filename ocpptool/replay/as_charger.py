@@ -164,7 +164,6 @@ class Peer:
 
     async def reader(self, ws: Any, book: list[Exchange]) -> None:
         """Receive until the connection closes; answers run one at a time, in arrival order."""
-        self.closed = False
         try:
             async for text in ws:
                 if isinstance(text, bytes):
@@ -248,6 +247,7 @@ class ChargerShell(Peer):
                 self.stats.reconnects += 1
             self.ws, self.conn = ws, f"{self.s.target_id}#{self.stats.connections}"
             self.state("connected")
+            self.closed = False
             reader = asyncio.create_task(self.reader(ws, self.s.csms_calls))
             try:
                 while self.next < len(calls):

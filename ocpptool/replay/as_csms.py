@@ -68,6 +68,7 @@ class CsmsShell(Peer):
             self.stats.reconnects += 1
         self.ws, self.conn = ws, f"{self.s.target_id}#{self.stats.connections}"
         self.state("connected")
+        self.closed = False
         reader = asyncio.create_task(self.reader(ws, self.s.charger_calls))
         base = self.control.clock() - self.s.first_offset
         try:
