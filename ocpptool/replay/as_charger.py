@@ -224,7 +224,7 @@ class ChargerShell(Peer):
     async def run(self) -> None:
         calls = self.s.charger_calls
         failures = 0
-        await self.control.wait_until(self.s.first_offset)
+        await self.control.wait_until(self.s.first_offset, step=False)
         while not self.control.quitting:
             if failures:
                 if failures > self.opts.reconnects:
@@ -274,7 +274,7 @@ class ChargerShell(Peer):
             return
         last = max(e.offset for e in self.s.csms_calls)
         if last > self.control.clock():
-            await self.control.wait_until(last)
+            await self.control.wait_until(last, step=False)
         deadline = time.monotonic() + self.opts.linger_s
         while time.monotonic() < deadline and len(self.live_csms_actions) < len(self.s.csms_calls):
             if reader.done():

@@ -100,12 +100,18 @@ class Control:
             self._changed.set()
             self._changed = asyncio.Event()
 
-    async def wait_until(self, offset: float) -> None:
-        """Return when the replay clock reaches ``offset`` (raises CancelledError-free ``Quit`` on quit)."""
+    async def wait_until(self, offset: float, step: bool = True) -> None:
+        """Return when the replay clock reaches ``offset``; raise :class:`Quit` when asked to quit.
+
+        ``step``: this wait precedes sending one CALL: while paused only a ``step`` releases it (one CALL
+        per step). Other waits (connecting, lingering for late calls) are not held by a pause.
+        """
         while True:
             if self.quitting:
                 raise Quit
             if self.paused:
+                if not step:
+                    return
                 if self._steps > 0:
                     self._steps -= 1
                     self._vt = max(self._vt, offset)

@@ -1,0 +1,215 @@
+"""The replay live view (Textual). It only renders: the replay runs in a thread worker on its own loop.
+
+The replay's sink appends :class:`~ocpptool.replay.runtime.Event` objects to a deque (one O(1) append
+per frame, no locks, no Textual call on the hot path); a 10 Hz timer drains it into the charge point
+table, the message log and the progress bar. Posting a Textual message per frame would cost the replay
+thread more than sending the frame does, so only the end of the run is posted as a message
+(:class:`ReplayApp.Finished`). Keys drive :class:`~ocpptool.replay.runtime.Control`, which hops onto the
+replay's loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections import deque
+from typing import Any
+
+from rich.text import Text
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal
+from textual.message import Message
+from textual.widgets import DataTable, Footer, Header, ProgressBar, RichLog, Static
+
+from ..replay.plan import Plan
+from ..replay.runtime import Control, CpStats, Event, ReplayOptions, ReplayResult
+
+COLUMNS = ("charge point", "state", "connector", "transaction", "sent", "received", "last action", "divergences")
+LOG_PER_TICK = 60  #: at most this many frames are written to the log per refresh; the rest are counted
+
+
+class ReplayApp(App[ReplayResult | None]):
+    CSS = """
+    #cps { height: 1fr; }
+    #log { height: 1fr; border-top: solid $accent; }
+    #bar { height: 1; }
+    #clock { width: auto; padding: 0 2; }
+    """
+    BINDINGS = [
+        Binding("p", "pause", "Pause"),
+        Binding("r", "resume", "Resume"),
+        Binding("plus,f", "faster", "Faster"),
+        Binding("minus,s", "slower", "Slower"),
+        Binding("n", "step", "Step"),
+        Binding("q", "quit_replay", "Quit"),
+    ]
+
+    class Finished(Message):
+        def __init__(self, result: ReplayResult | None, error: BaseException | None) -> None:
+            super().__init__()
+            self.result = result
+            self.error = error
+
+    def __init__(self, plan: Plan, opts: ReplayOptions, control: Control, *, exit_when_done: bool = True) -> None:
+        super().__init__()
+        self.plan = plan
+        self.opts = opts
+        self.control = control
+        self.exit_when_done = exit_when_done
+        self.events: deque[Event] = deque()
+        self.stats: dict[str, CpStats] = {s.target_id: CpStats() for s in plan.scripts}
+        self.result: ReplayResult | None = None
+        self.error: BaseException | None = None
+        self.frames = 0
+        self.skipped_log = 0
+        self._dirty: set[str] = set()
+        self.title = "ocpptool replay"
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield DataTable(id="cps", cursor_type="row", zebra_stripes=True)
+        with Horizontal(id="bar"):
+            yield ProgressBar(id="progress", total=max(self.plan.duration_s, 1e-3), show_eta=False)
+            yield Static("", id="clock")
+        yield RichLog(id="log", max_lines=2000, wrap=False, markup=False)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        table = self.query_one("#cps", DataTable)
+        for name in COLUMNS:
+            table.add_column(name, key=name)
+        for cp in self.stats:
+            table.add_row(cp, "waiting", "", "", "0", "0", "", "0", key=cp)
+        self.sub_title = self._mode()
+        self.run_worker(self._run, thread=True, exclusive=True, name="replay")
+        self.set_interval(0.1, self.refresh_view)
+
+    def _mode(self) -> str:
+        where = self.opts.target or (f"listen {self.opts.listen[0]}:{self.opts.listen[1]}" if self.opts.listen else "")
+        return f"{len(self.plan.scripts)} charge points -> {where}"
+
+    # -- the worker (its own thread and event loop)
+    def _run(self) -> None:
+        from ..replay.command import execute
+
+        result, error = None, None
+        try:
+            result = asyncio.run(execute(self.plan, self.opts, self.control, self.events.append))
+        except BaseException as exc:  # handed to the UI thread, re-raised by run_app
+            error = exc
+        self.post_message(self.Finished(result, error))
+
+    # -- rendering
+    def refresh_view(self) -> None:
+        log = self.query_one("#log", RichLog)
+        written = 0
+        events = self.events
+        for _ in range(len(events)):
+            ev = events.popleft()
+            st = self.stats.get(ev.cp)
+            if ev.kind in ("sent", "received"):
+                self.frames += 1
+                if st is not None:
+                    if ev.kind == "sent":
+                        st.sent += 1
+                        if ev.message_type == "CALL":
+                            st.last_action = ev.action
+                        if ev.connector is not None:
+                            st.connector = ev.connector
+                        if ev.transaction is not None:
+                            st.transaction = ev.transaction
+                    else:
+                        st.received += 1
+                        if ev.message_type == "CALL":
+                            st.last_action = ev.action
+                    self._dirty.add(ev.cp)
+                if written < LOG_PER_TICK:
+                    log.write(self._line(ev))
+                    written += 1
+                else:
+                    self.skipped_log += 1
+                continue
+            if ev.kind == "state" and st is not None:
+                st.state = ev.text
+                self._dirty.add(ev.cp)
+            elif ev.kind == "divergence" and st is not None:
+                st.divergences += 1
+                self._dirty.add(ev.cp)
+                log.write(Text(f"divergence {ev.text}", style="bold yellow"))
+            elif ev.kind == "note":
+                log.write(Text(f"note: {ev.text}", style="magenta"))
+        if self.skipped_log and written < LOG_PER_TICK:
+            log.write(Text(f"... {self.skipped_log:,} frames not shown (too fast to read)", style="dim"))
+            self.skipped_log = 0
+        table = self.query_one("#cps", DataTable)
+        for cp in self._dirty:
+            st = self.stats[cp]
+            values = (st.state, _s(st.connector), _s(st.transaction), str(st.sent), str(st.received),
+                      st.last_action, str(st.divergences))  # fmt: skip
+            for name, value in zip(COLUMNS[1:], values, strict=True):
+                table.update_cell(cp, name, value)
+        self._dirty.clear()
+        clock = self.control.clock()
+        self.query_one("#progress", ProgressBar).update(progress=min(clock, self.plan.duration_s))
+        speed = "max" if math.isinf(self.control.speed) else f"{self.control.speed:g}x"
+        state = "paused" if self.control.paused else "running"
+        if self.result is not None or self.error is not None:
+            state = "finished"
+        self.query_one("#clock", Static).update(
+            f"+{clock:,.1f} s / {self.plan.duration_s:,.1f} s  {speed}  {state}  {self.frames:,} frames"
+        )
+
+    @staticmethod
+    def _line(ev: Event) -> Text:
+        arrow, style = (">>", "green") if ev.kind == "sent" else ("<<", "cyan")
+        if ev.message_type == "CALLERROR":
+            style = "red"
+        text = Text(f"{ev.clock:9.3f} ", style="dim")
+        text.append(f"{ev.cp} {arrow} ", style=f"bold {style}")
+        text.append(ev.text[:300], style=style)
+        return text
+
+    def on_unmount(self) -> None:
+        self.control.quit()  # never leave the worker running (paused) behind a closed view
+
+    def on_replay_app_finished(self, message: Finished) -> None:
+        self.result, self.error = message.result, message.error
+        self.refresh_view()
+        if self.exit_when_done or self.error is not None:
+            self.exit(self.result)
+
+    # -- keys
+    def action_pause(self) -> None:
+        self.control.pause()
+
+    def action_resume(self) -> None:
+        self.control.resume()
+
+    def action_faster(self) -> None:
+        self.control.faster()
+
+    def action_slower(self) -> None:
+        self.control.slower()
+
+    def action_step(self) -> None:
+        self.control.step()
+
+    def action_quit_replay(self) -> None:
+        if self.result is not None or self.error is not None:
+            self.exit(self.result)
+        else:
+            self.control.quit()  # the worker unwinds, reports, and Finished exits the app
+
+
+def _s(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def run_app(plan: Plan, opts: ReplayOptions, control: Control) -> ReplayResult | None:
+    """Show the live view until the replay ends (or the user quits); return the replay's result."""
+    app = ReplayApp(plan, opts, control)
+    app.run()
+    if app.error is not None:
+        raise app.error
+    return app.result
