@@ -18,23 +18,24 @@ from typing import Any
 from rich.text import Text
 from textual.app import App, ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal
 from textual.message import Message
-from textual.widgets import DataTable, Footer, Header, ProgressBar, RichLog, Static
+from textual.widget import Widget
+from textual.widgets import DataTable, Footer, Header
 
 from ..replay.plan import Plan
 from ..replay.runtime import Control, CpStats, Event, ReplayOptions, ReplayResult
 
 COLUMNS = ("charge point", "state", "connector", "transaction", "sent", "received", "last action", "divergences")
-LOG_PER_TICK = 60  #: at most this many frames are written to the log per refresh; the rest are counted
+LOG_PER_TICK = 10  #: at most this many frames are written to the log per refresh; the rest are counted
+REFRESH_S = 0.25  #: log, clock and progress at 4 Hz: enough to read
+TABLE_EVERY = 4  #: the table at 1 Hz: Textual's DataTable costs ~1 ms of CPU per cell redrawn, taken from the replay
 
 
 class ReplayApp(App[ReplayResult | None]):
     CSS = """
     #cps { height: 1fr; }
     #log { height: 1fr; border-top: solid $accent; }
-    #bar { height: 1; }
-    #clock { width: auto; padding: 0 2; }
+    #clock { height: 1; }
     """
     BINDINGS = [
         Binding("p", "pause", "Pause"),
@@ -64,15 +65,16 @@ class ReplayApp(App[ReplayResult | None]):
         self.frames = 0
         self.skipped_log = 0
         self._dirty: set[str] = set()
+        self._order = list(self.stats)
+        self._ticks = 0
+        self._shown: dict[str, tuple[str, ...]] = {}
         self.title = "ocpptool replay"
 
     def compose(self) -> ComposeResult:
         yield Header()
         yield DataTable(id="cps", cursor_type="row", zebra_stripes=True)
-        with Horizontal(id="bar"):
-            yield ProgressBar(id="progress", total=max(self.plan.duration_s, 1e-3), show_eta=False)
-            yield Static("", id="clock")
-        yield RichLog(id="log", max_lines=2000, wrap=False, markup=False)
+        yield ClockBar(id="clock")
+        yield LogTail(id="log")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -83,7 +85,7 @@ class ReplayApp(App[ReplayResult | None]):
             table.add_row(cp, "waiting", "", "", "0", "0", "", "0", key=cp)
         self.sub_title = self._mode()
         self.run_worker(self._run, thread=True, exclusive=True, name="replay")
-        self.set_interval(0.1, self.refresh_view)
+        self.set_interval(REFRESH_S, self.refresh_view)
 
     def _mode(self) -> str:
         where = self.opts.target or (f"listen {self.opts.listen[0]}:{self.opts.listen[1]}" if self.opts.listen else "")
@@ -102,7 +104,7 @@ class ReplayApp(App[ReplayResult | None]):
 
     # -- rendering
     def refresh_view(self) -> None:
-        log = self.query_one("#log", RichLog)
+        log = self.query_one("#log", LogTail)
         written = 0
         events = self.events
         for _ in range(len(events)):
@@ -139,26 +141,34 @@ class ReplayApp(App[ReplayResult | None]):
                 log.write(Text(f"divergence {ev.text}", style="bold yellow"))
             elif ev.kind == "note":
                 log.write(Text(f"note: {ev.text}", style="magenta"))
-        if self.skipped_log and written < LOG_PER_TICK:
+        if self.skipped_log:
             log.write(Text(f"... {self.skipped_log:,} frames not shown (too fast to read)", style="dim"))
             self.skipped_log = 0
-        table = self.query_one("#cps", DataTable)
-        for cp in self._dirty:
-            st = self.stats[cp]
-            values = (st.state, _s(st.connector), _s(st.transaction), str(st.sent), str(st.received),
-                      st.last_action, str(st.divergences))  # fmt: skip
-            for name, value in zip(COLUMNS[1:], values, strict=True):
-                table.update_cell(cp, name, value)
-        self._dirty.clear()
-        clock = self.control.clock()
-        self.query_one("#progress", ProgressBar).update(progress=min(clock, self.plan.duration_s))
+        log.refresh()
+        self._ticks += 1
+        if self._ticks % TABLE_EVERY == 0 or self.result is not None or self.control.paused:
+            self._update_table()
         speed = "max" if math.isinf(self.control.speed) else f"{self.control.speed:g}x"
         state = "paused" if self.control.paused else "running"
         if self.result is not None or self.error is not None:
             state = "finished"
-        self.query_one("#clock", Static).update(
-            f"+{clock:,.1f} s / {self.plan.duration_s:,.1f} s  {speed}  {state}  {self.frames:,} frames"
-        )
+        self.query_one("#clock", ClockBar).show(self.control.clock(), self.plan.duration_s,
+                                                f"{speed}  {state}  {self.frames:,} frames")  # fmt: skip
+
+    def _update_table(self) -> None:
+        table = self.query_one("#cps", DataTable)
+        top = int(table.scroll_offset.y)
+        visible = set(self._order[max(0, top - 1): top + table.size.height + 1])
+        for cp in [cp for cp in self._dirty if cp in visible or self.result is not None]:
+            st = self.stats[cp]
+            values = (st.state, _s(st.connector), _s(st.transaction), str(st.sent), str(st.received),
+                      st.last_action, str(st.divergences))  # fmt: skip
+            shown = self._shown.get(cp, ())
+            for i, (name, value) in enumerate(zip(COLUMNS[1:], values, strict=True)):
+                if i >= len(shown) or shown[i] != value:
+                    table.update_cell(cp, name, value)
+            self._shown[cp] = values
+            self._dirty.discard(cp)  # rows scrolled out of view stay dirty until they are seen
 
     @staticmethod
     def _line(ev: Event) -> Text:
@@ -200,6 +210,50 @@ class ReplayApp(App[ReplayResult | None]):
             self.exit(self.result)
         else:
             self.control.quit()  # the worker unwinds, reports, and Finished exits the app
+
+
+class LogTail(Widget):
+    """The newest frames, newest at the bottom, scrolling as they arrive.
+
+    Textual's RichLog re-lays out the screen whenever its line count changes (every tick here), which
+    cost more CPU than the replay itself; this tail only redraws itself. The full history is what
+    ``--record`` writes.
+    """
+
+    def __init__(self, keep: int = 300, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.lines: deque[Text] = deque(maxlen=keep)
+
+    def write(self, line: Text) -> None:
+        self.lines.append(line)
+
+    def render(self) -> Text:
+        height = max(1, self.size.height)
+        text = Text("\n").join(list(self.lines)[-height:])
+        text.no_wrap = True
+        text.overflow = "ellipsis"
+        return text
+
+
+class ClockBar(Widget):
+    """The progress bar and the replay clock on one line, redrawn without a re-layout (cheap at 4 Hz)."""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self._text = Text("")
+
+    def show(self, clock: float, end: float, tail: str) -> None:
+        done = min(clock / end, 1.0) if end > 0 else 1.0
+        width = max(10, self.size.width - 60)
+        filled = int(done * width)
+        text = Text("━" * filled, style="bold green")
+        text.append("━" * (width - filled), style="grey37")
+        text.append(f" {done:4.0%}  +{clock:,.1f} s / {end:,.1f} s  {tail}")
+        self._text = text
+        self.refresh()
+
+    def render(self) -> Text:
+        return self._text
 
 
 def _s(value: Any) -> str:
