@@ -25,6 +25,7 @@ from ocpptool.replay.plan import (
     map_id_tags,
     parse_map,
     shift_timestamps,
+    shift_timestamps_text,
     status_values,
 )
 
@@ -97,6 +98,17 @@ def test_timestamps_shift_by_the_replay_offset_and_keep_their_precision():
     assert out["meterValue"][0]["sampledValue"][0]["value"] == "2024-05-01T08:00:00Z"
     assert out["idTag"] == payload["idTag"]
     assert shift_timestamps({"timestamp": "not a time"}, timedelta(1)) == {"timestamp": "not a time"}
+
+
+def test_shifting_the_serialised_frame_gives_the_same_result_as_shifting_the_payload():
+    """The hot path shifts clocks in the JSON text; it must agree with the payload walk, field for field."""
+    import orjson
+
+    payload = {"timestamp": "2024-05-01T08:00:01+02:00", "meterValue": [{"timestamp": "2024-05-01T08:00:02.123456Z",
+               "sampledValue": [{"value": "12"}]}], "currentTime": "garbage-but-long", "note": "timestamp"}  # fmt: skip
+    delta = timedelta(hours=-3, microseconds=7)
+    text = shift_timestamps_text(orjson.dumps(payload).decode(), delta)
+    assert orjson.loads(text) == shift_timestamps(payload, delta)
 
 
 def test_id_tags_are_mapped_in_1_6_and_2_0_1_payloads():

@@ -30,6 +30,7 @@ from .plan import (
     fresh_message_id,
     map_id_tags,
     shift_timestamps,
+    shift_timestamps_text,
 )
 from .runtime import Control, CpStats, Event, Quit, ReplayOptions, ReplayResult, Sink
 from .transcript import Transcript
@@ -77,12 +78,10 @@ class Peer:
                         clock=self.control.clock()))  # fmt: skip
 
     def prepare(self, action: str, payload: dict[str, Any]) -> dict[str, Any]:
-        """A recorded payload as it goes on the wire now: ids, tags and clocks rewritten."""
+        """A recorded payload with ids and tags rewritten (clocks move later, on the text: :meth:`call`)."""
         payload = self.tx.rewrite(action, payload)
         if self.opts.id_tag_map:
             payload = map_id_tags(payload, self.opts.id_tag_map)
-        if self.shift:
-            payload = shift_timestamps(payload, self.shift)
         return payload
 
     async def send_text(self, text: str, message_type: str, action: str, payload: Any = None) -> None:
@@ -105,13 +104,16 @@ class Peer:
         fut: asyncio.Future[Live] = asyncio.get_running_loop().create_future()
         self.pending[mid] = fut
         text = orjson.dumps([2, mid, ex.action, payload]).decode()
+        if self.shift:
+            text = shift_timestamps_text(text, self.shift)
         self.sent_at[mid] = time.monotonic()
         try:
             if self.closed:
                 raise ConnectionClosed(None, None)
             await self.send_text(text, "CALL", ex.action, payload)
             try:
-                live = await asyncio.wait_for(asyncio.shield(fut), timeout=self.opts.response_timeout)
+                async with asyncio.timeout(self.opts.response_timeout):
+                    live = await fut
             except TimeoutError:
                 live = Live(None, message_id=mid)
         finally:

@@ -29,6 +29,7 @@ answer valid against the official schema, and is reported as not covered.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -170,6 +171,21 @@ def shift_timestamps(payload: Any, delta: timedelta) -> Any:
     if isinstance(payload, list):
         return [shift_timestamps(v, delta) for v in payload]
     return payload
+
+
+_TIME_RE = re.compile(r'"(' + "|".join(sorted(TIME_KEYS)) + r')":\s*"([^"\\]{10,40})"')
+
+
+def shift_timestamps_text(text: str, delta: timedelta) -> str:
+    """:func:`shift_timestamps` on serialised JSON (one regex pass: the replay's hot path)."""
+    if not delta:
+        return text
+
+    def sub(m: re.Match[str]) -> str:
+        t = parse_time(m.group(2))
+        return m.group(0) if t is None else f'"{m.group(1)}":"{format_time(t + delta, m.group(2))}"'
+
+    return _TIME_RE.sub(sub, text)
 
 
 class TransactionIds:
