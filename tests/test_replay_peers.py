@@ -267,3 +267,106 @@ def test_bad_targets_and_options_get_one_line_and_exit_2(recorded, bad):
     out = cli(str(recorded), *bad)
     assert out.returncode == 2, out
     assert out.stderr.count("\n") == 1 and out.stderr.startswith("ocpptool: error:"), out.stderr
+
+
+def test_a_csms_call_the_recording_did_not_cover_gets_a_valid_default_and_is_reported(recorded, tmp_path):
+    """A live CSMS call absent from the recording is answered schema-valid, counted as not covered and as extra."""
+    extra = [ChargerConfig("CP-B", csms_calls=(CsmsCall("TriggerMessage", after=0.01),))]
+    live_log = tmp_path / "live.jsonl"
+
+    async def main():
+        async with Csms(live_log, extra) as csms:
+            plan, opts = run_replay(recorded, target=csms.url, speed="max", cp=["CP-B"])
+            return await execute(plan, opts, Control(opts.speed), lambda e: None)
+
+    result = asyncio.run(main())
+    assert result.uncovered == {"TriggerMessage": 1}
+    [answer] = [f for f in frames(live_log, "cp->csms", "CP-B") if f[0] == 3]
+    assert answer[2] == {"status": "Accepted"}  # the minimal valid TriggerMessage.conf
+    assert [(d.kind, d.action) for d in result.divergences] == [("extra-call", "TriggerMessage")]
+
+
+async def _answering_server(handler_seen: list, ssl_context=None):
+    async def handler(ws):
+        handler_seen.append(ws)
+        async for text in ws:
+            msg = orjson.loads(text)
+            if msg[0] == 2:
+                await ws.send(orjson.dumps([3, msg[1], default_response("1.6", msg[2])]).decode())
+
+    return await serve(handler, "127.0.0.1", 0, subprotocols=["ocpp1.6"], ssl=ssl_context)  # type: ignore[list-item]
+
+
+def test_basic_auth_is_sent_per_charge_point_from_the_auth_file(recorded, tmp_path):
+    """--auth-file gives each charge point its own Basic credentials (user = the charge point id on the wire)."""
+    auth = tmp_path / "auth.txt"
+    auth.write_text("# lab credentials\nlab-CP-A:s3cret\n*:fallback\n")
+    seen: list = []
+
+    async def main():
+        server = await _answering_server(seen)
+        try:
+            url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/ocpp"
+            plan, opts = run_replay(recorded, target=url, speed="max", cp=["CP-A", "CP-B"], cp_prefix="lab-",
+                                    auth_file=str(auth))  # fmt: skip
+            await execute(plan, opts, Control(opts.speed), lambda e: None)
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(main())
+    import base64
+
+    got = {ws.request.path: base64.b64decode(ws.request.headers["Authorization"].split()[1]).decode() for ws in seen}
+    assert got == {"/ocpp/lab-CP-A": "lab-CP-A:s3cret", "/ocpp/lab-CP-B": "lab-CP-B:fallback"}
+
+
+def _openssl(*args, cwd):
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=30)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    """A throwaway CA, a server certificate for 127.0.0.1 and a client certificate, made with openssl."""
+    import shutil
+
+    if not shutil.which("openssl"):
+        pytest.skip("openssl not installed")
+    d = tmp_path_factory.mktemp("pki")
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+             "-subj", "/CN=test-ca", cwd=d)  # fmt: skip
+    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    for name in ("server", "client"):
+        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+                 "-subj", f"/CN={name}", cwd=d)  # fmt: skip
+        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+                 "-out", f"{name}.pem", "-days", "2", *(["-extfile", "san.ext"] if name == "server" else []), cwd=d)  # fmt: skip
+    return d
+
+
+def test_wss_with_a_custom_ca_and_a_client_certificate(recorded, pki):
+    """Against a wss:// CSMS that requires client certificates, --ca/--cert/--key connect and replay everything."""
+    import ssl
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(pki / "server.pem", pki / "server.key")
+    ctx.load_verify_locations(pki / "ca.pem")
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    seen: list = []
+
+    async def main():
+        server = await _answering_server(seen, ctx)
+        try:
+            url = f"wss://127.0.0.1:{server.sockets[0].getsockname()[1]}/ocpp"
+            plan, opts = run_replay(recorded, target=url, speed="max", cp=["CP-B"], ca=str(pki / "ca.pem"),
+                                    cert=str(pki / "client.pem"), key=str(pki / "client.key"))  # fmt: skip
+            return await execute(plan, opts, Control(opts.speed), lambda e: None)
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    result = asyncio.run(main())
+    peer = seen[0].transport.get_extra_info("peercert")
+    assert dict(x[0] for x in peer["subject"])["commonName"] == "client"
+    assert result.stats["CP-B"].sent == len(calls(recorded, "CP-B")) + len(calls(recorded, "CP-B", "csms->cp"))
+    assert not [d for d in result.divergences if d.kind in ("not-sent", "missing-response")]

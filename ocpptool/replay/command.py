@@ -6,6 +6,7 @@ import asyncio
 import math
 import ssl
 import sys
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -182,12 +183,24 @@ def make_plan(args: ReplayArgs, progress: bool = True) -> Plan:
 class PlainSink:
     """``--no-tui``: state changes, divergences and notes as lines; every frame with ``--verbose``."""
 
-    def __init__(self, out: TextIO, verbose: bool = False) -> None:
+    def __init__(self, out: TextIO, verbose: bool = False, progress: TextIO | None = None, every_s: float = 5.0) -> None:
         self.out = out
         self.verbose = verbose
+        self.progress = progress
+        self.every_s = every_s
+        self.frames = 0
+        self._t0 = self._last = time.monotonic()
 
     def __call__(self, ev: Event) -> None:
         if ev.kind in ("sent", "received"):
+            self.frames += 1
+            if self.progress is not None and self.frames % 500 == 0:
+                now = time.monotonic()
+                if now - self._last >= self.every_s:  # long runs: a progress line on stderr every few seconds
+                    self._last = now
+                    rate = self.frames / (now - self._t0)
+                    self.progress.write(f"replay: +{ev.clock:,.1f} s recorded time, {self.frames:,} frames ({rate:,.0f}/s)\n")
+                    self.progress.flush()
             if self.verbose:
                 arrow = ">>" if ev.kind == "sent" else "<<"
                 self.out.write(f"{ev.clock:10.3f} {ev.cp} {arrow} {ev.text}\n")
@@ -250,7 +263,7 @@ def replay(args: ReplayArgs) -> int:
         result = run_app(plan, opts, control)
     else:
         try:
-            result = asyncio.run(execute(plan, opts, control, PlainSink(sys.stdout, args.verbose)))
+            result = asyncio.run(execute(plan, opts, control, PlainSink(sys.stdout, args.verbose, progress=sys.stderr)))
         except OSError as exc:
             raise UserError(f"--listen {args.listen}: {exc.strerror or exc}") from None
     if result is None:
