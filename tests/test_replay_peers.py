@@ -260,7 +260,8 @@ def test_dry_run_prints_the_plan_and_connects_to_nothing(recorded):
 @pytest.mark.parametrize("bad", [
     ["--target", "http://127.0.0.1:9000/ocpp"], ["--target", "ws:///ocpp"], [], ["--speed", "0", "--target", "ws://h/"],
     ["--as", "csms"], ["--as", "csms", "--target", "ws://h/"], ["--id-tag-map", "X", "--target", "ws://h/"],
-    ["--target", "ws://h/", "--ca", "/nonexistent.pem"],
+    ["--target", "ws://h/", "--ca", "/nonexistent.pem"], ["--target", "ws://h/", "--record", "/nonexistent/x.trace.jsonl"],
+    ["--as", "csms", "--listen", "127.0.0.1:99999"],
 ])  # fmt: skip
 def test_bad_targets_and_options_get_one_line_and_exit_2(recorded, bad):
     """Replay refuses what it cannot safely do with one line on stderr and exit 2, before connecting."""
@@ -370,3 +371,16 @@ def test_wss_with_a_custom_ca_and_a_client_certificate(recorded, pki):
     assert dict(x[0] for x in peer["subject"])["commonName"] == "client"
     assert result.stats["CP-B"].sent == len(calls(recorded, "CP-B")) + len(calls(recorded, "CP-B", "csms->cp"))
     assert not [d for d in result.divergences if d.kind in ("not-sent", "missing-response")]
+
+
+def test_listening_on_a_port_already_taken_is_one_line_and_exit_2(recorded):
+    """--as csms on a busy port says so in one line instead of a traceback."""
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    try:
+        out = cli(str(recorded), "--as", "csms", "--listen", f"127.0.0.1:{busy.getsockname()[1]}", "--no-tui")
+    finally:
+        busy.close()
+    assert out.returncode == 2, out
+    assert out.stderr.startswith("ocpptool: error: --listen") and out.stderr.count("\n") == 1, out.stderr

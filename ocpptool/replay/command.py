@@ -164,6 +164,9 @@ def check(args: ReplayArgs) -> ReplayOptions:
         raise UserError(str(exc)) from None
     if args.auth_file:
         opts.auth = read_auth(args.auth_file)
+    for option, path in (("--record", args.record), ("--report", args.report)):
+        if path and not Path(path).resolve().parent.is_dir():
+            raise UserError(f"{option} {path}: the directory does not exist")
     if args.response_timeout <= 0:
         raise UserError("--response-timeout must be above 0")
     return opts
@@ -257,15 +260,15 @@ def replay(args: ReplayArgs) -> int:
         return 0
     tui = sys.stdout.isatty() if args.tui is None else args.tui
     control = Control(opts.speed)
-    if tui:
-        from ..ui.replay_app import run_app
+    try:
+        if tui:
+            from ..ui.replay_app import run_app
 
-        result = run_app(plan, opts, control)
-    else:
-        try:
+            result = run_app(plan, opts, control)
+        else:
             result = asyncio.run(execute(plan, opts, control, PlainSink(sys.stdout, args.verbose, progress=sys.stderr)))
-        except OSError as exc:
-            raise UserError(f"--listen {args.listen}: {exc.strerror or exc}") from None
+    except OSError as exc:  # only binding --listen raises it; connection failures are retried and reported
+        raise UserError(f"--listen {args.listen}: {exc.strerror or exc}") from None
     if result is None:
         raise UserError("the replay stopped before it produced a result")
     print_report(result, sys.stdout)
