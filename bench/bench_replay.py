@@ -22,6 +22,7 @@ import itertools
 import json
 import os
 import pty
+import re
 import signal
 import struct
 import subprocess
@@ -102,6 +103,18 @@ def recording(messages: int, chargers: int, seed: int) -> tuple[Path, dict]:
             return path, meta
     print(f"generating {path.name} ...", file=sys.stderr, flush=True)
     return path, gen_fleet.generate(str(path), fmt="jsonl", messages=messages, chargers=chargers, seed=seed, quiet=True)
+
+
+def plan_counts(path: Path) -> tuple[int, int, int]:
+    """Charge points, charger calls and CSMS calls in the plan, from ``replay --dry-run`` in a child process.
+
+    The parent never loads the recording itself: Linux children inherit the parent's peak RSS as the floor
+    of their own ``ru_maxrss`` (see "Peak RSS has a floor" above), which would inflate the replay's figure.
+    """
+    out = subprocess.run([sys.executable, "-m", "ocpptool", "replay", str(path), "--dry-run"], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    rows = re.findall(r"\]: (\d+) charger calls, (\d+) CSMS calls", out)
+    return len(rows), sum(int(a) for a, _ in rows), sum(int(b) for _, b in rows)
 
 
 def start_csms(kind: str) -> tuple[subprocess.Popen, int]:
@@ -196,16 +209,9 @@ def main() -> None:
         return
     OUT.mkdir(exist_ok=True)
     path, meta = recording(20_000 if args.quick else args.messages, args.chargers, args.seed)
-    import polars as pl
-
-    from ocpptool.pipeline import load
-    from ocpptool.replay.plan import build_plan
-
-    plan = build_plan(load([str(path)], progress=False)[0].messages)
-    calls = sum(len(s.charger_calls) for s in plan.scripts)
-    del pl
-    print(f"recording: {path.name}: {len(plan.scripts)} chargers, {calls:,} charger calls, "
-          f"{sum(len(s.csms_calls) for s in plan.scripts):,} CSMS calls; load average {os.getloadavg()[0]:.2f}")  # fmt: skip
+    chargers, calls, csms_calls = plan_counts(path)
+    print(f"recording: {path.name}: {chargers} chargers, {calls:,} charger calls, {csms_calls:,} CSMS calls; "
+          f"load average {os.getloadavg()[0]:.2f}")  # fmt: skip
     results = []
     for kind in (["lean", "ocpp"] if args.csms == "both" else [args.csms]):
         for view in {"off": [False], "on": [True], "both": [False, True]}[args.view]:
