@@ -278,6 +278,7 @@ def replay(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="With --no-tui: print every frame.")] = False,
     response_timeout: Annotated[float, typer.Option("--response-timeout", help="Seconds to wait for an answer.")] = 10.0,
     no_shift: Annotated[bool, typer.Option("--no-time-shift", help="Keep payload timestamps as recorded.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
     input_format: InputFormatOpt = None,
     log_tz: LogTzOpt = None,
 ) -> None:

@@ -7,10 +7,10 @@ import math
 import ssl
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 from urllib.parse import urlsplit
 
 import orjson
@@ -48,9 +48,9 @@ class ReplayArgs:
     verbose: bool = False
     response_timeout: float = 10.0
     no_shift: bool = False
+    quiet: bool = False
     input_format: str | None = None
     log_tz: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def parse_speed(text: str) -> float:
@@ -253,7 +253,7 @@ def print_report(result: ReplayResult, out: TextIO) -> None:
 def replay(args: ReplayArgs) -> int:
     """The whole command. Returns the exit status (0; 3 when anything diverged is left to callers)."""
     opts = check(args)
-    plan = make_plan(args, progress=True)
+    plan = make_plan(args, progress=not args.quiet)
     if args.dry_run:
         for line in describe(plan):
             sys.stdout.write(line + "\n")
@@ -266,7 +266,7 @@ def replay(args: ReplayArgs) -> int:
 
             result = run_app(plan, opts, control)
         else:
-            result = asyncio.run(execute(plan, opts, control, PlainSink(sys.stdout, args.verbose, progress=sys.stderr)))
+            result = asyncio.run(execute(plan, opts, control, PlainSink(sys.stdout, args.verbose, progress=None if args.quiet else sys.stderr)))
     except OSError as exc:  # only binding --listen raises it; connection failures are retried and reported
         raise UserError(f"--listen {args.listen}: {exc.strerror or exc}") from None
     if result is None:
@@ -279,5 +279,6 @@ def replay(args: ReplayArgs) -> int:
             raise UserError(f"--report {args.report}: cannot write ({exc.strerror})") from None
     if args.record:
         n = result.transcript.write_trace(args.record)
-        sys.stderr.write(f"recorded {n:,} frames to {args.record}\n")
+        if not args.quiet:
+            sys.stderr.write(f"recorded {n:,} frames to {args.record}\n")
     return 0
