@@ -105,16 +105,21 @@ def recording(messages: int, chargers: int, seed: int) -> tuple[Path, dict]:
     return path, gen_fleet.generate(str(path), fmt="jsonl", messages=messages, chargers=chargers, seed=seed, quiet=True)
 
 
-def plan_counts(path: Path) -> tuple[int, int, int]:
-    """Charge points, charger calls and CSMS calls in the plan, from ``replay --dry-run`` in a child process.
+def plan_counts(path: Path) -> tuple[int, int, int, float]:
+    """Charge points, charger and CSMS calls in the plan, and the CPU seconds of start-up (read, decode, plan).
 
-    The parent never loads the recording itself: Linux children inherit the parent's peak RSS as the floor
-    of their own ``ru_maxrss`` (see "Peak RSS has a floor" above), which would inflate the replay's figure.
+    From ``replay --dry-run`` in a child process: the parent never loads the recording itself, because Linux
+    children inherit the parent's peak RSS as the floor of their own ``ru_maxrss`` (see "Peak RSS has a
+    floor" in bench/README.md), which would inflate the replay's figure.
     """
-    out = subprocess.run([sys.executable, "-m", "ocpptool", "replay", str(path), "--dry-run"], cwd=ROOT,
-                         capture_output=True, text=True, check=True).stdout  # fmt: skip
-    rows = re.findall(r"\]: (\d+) charger calls, (\d+) CSMS calls", out)
-    return len(rows), sum(int(a) for a, _ in rows), sum(int(b) for _, b in rows)
+    outf = OUT / ".dry-run.txt"
+    with open(outf, "wb") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "ocpptool", "replay", str(path), "--dry-run", "-q"], cwd=ROOT,
+                                stdout=fh, stderr=subprocess.DEVNULL)  # fmt: skip
+        _, status, ru = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    rows = re.findall(r"\]: (\d+) charger calls, (\d+) CSMS calls", outf.read_text())
+    return len(rows), sum(int(a) for a, _ in rows), sum(int(b) for _, b in rows), ru.ru_utime + ru.ru_stime
 
 
 def start_csms(kind: str) -> tuple[subprocess.Popen, int]:
@@ -209,9 +214,9 @@ def main() -> None:
         return
     OUT.mkdir(exist_ok=True)
     path, meta = recording(20_000 if args.quick else args.messages, args.chargers, args.seed)
-    chargers, calls, csms_calls = plan_counts(path)
+    chargers, calls, csms_calls, startup_cpu = plan_counts(path)
     print(f"recording: {path.name}: {chargers} chargers, {calls:,} charger calls, {csms_calls:,} CSMS calls; "
-          f"load average {os.getloadavg()[0]:.2f}")  # fmt: skip
+          f"start-up (read, decode, plan) {startup_cpu:.1f} CPU s; load average {os.getloadavg()[0]:.2f}")  # fmt: skip
     results = []
     for kind in (["lean", "ocpp"] if args.csms == "both" else [args.csms]):
         for view in {"off": [False], "on": [True], "both": [False, True]}[args.view]:
@@ -231,9 +236,11 @@ def main() -> None:
                     row.update(frames=rep["frames"], replay_s=rep["duration_s"], messages_per_s=rep["messages_per_s"],
                                divergences=rep["divergence_counts"], problems=check(rep, calls))  # fmt: skip
                     row["status"] = "FAILED" if row["problems"] else "ok"
+                    # what one free core would sustain: frames per CPU second of the replay phase alone
+                    row["frames_per_replay_cpu_s"] = rep["frames"] / max(r["cpu_seconds"] - startup_cpu, 1e-3)
                     print(f"{kind:5s} view={'on ' if view else 'off'} {rep['frames']:>8,} frames in {rep['duration_s']:6.2f} s "
                           f"= {rep['messages_per_s']:>8,.0f} msg/s (wall incl. start-up {r['wall_s']:.1f} s); replay CPU "
-                          f"{r['cpu_seconds']:.1f} s, peak RSS {r['peak_rss_mb']:.0f} MB; CSMS CPU {r_csms['cpu_seconds']:.1f} s; "
+                          f"{r['cpu_seconds']:.1f} s ({row['frames_per_replay_cpu_s']:,.0f} frames per replay-phase CPU s), peak RSS {r['peak_rss_mb']:.0f} MB; CSMS CPU {r_csms['cpu_seconds']:.1f} s; "
                           f"load {load_before:.2f}; {row['status']} {'; '.join(row['problems'])}")  # fmt: skip
                 r.pop("stderr", None)
                 row.pop("stderr", None)

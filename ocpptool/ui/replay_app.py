@@ -26,9 +26,9 @@ from ..replay.plan import Plan
 from ..replay.runtime import Control, CpStats, Event, ReplayOptions, ReplayResult
 
 COLUMNS = ("charge point", "state", "connector", "transaction", "sent", "received", "last action", "divergences")
-LOG_PER_TICK = 10  #: at most this many frames are written to the log per refresh; the rest are counted
-REFRESH_S = 0.25  #: log, clock and progress at 4 Hz: enough to read
-TABLE_EVERY = 2  #: the charge point table at 2 Hz
+LOG_PER_TICK = 20  #: at most this many frames are written to the log per refresh; the rest are counted
+REFRESH_S = 0.5  #: log, clock and progress at 2 Hz: enough to follow, and the UI stays a few % of a core
+TABLE_EVERY = 1  #: the charge point table at the same rate
 
 
 class ReplayApp(App[ReplayResult | None]):
