@@ -177,10 +177,18 @@ class Control:
         self._do(f)
 
     def faster(self) -> None:
-        self.set_speed(next((s for s in SPEEDS if s > self.speed), math.inf))
+        def f() -> None:  # computed on the loop, so quick presses from another thread add up
+            self._anchor()
+            self.speed = next((s for s in SPEEDS if s > self.speed), math.inf)
+
+        self._do(f)
 
     def slower(self) -> None:
-        self.set_speed(next((s for s in reversed(SPEEDS) if s < self.speed), SPEEDS[0]))
+        def f() -> None:
+            self._anchor()
+            self.speed = next((s for s in reversed(SPEEDS) if s < self.speed), SPEEDS[0])
+
+        self._do(f)
 
     def quit(self) -> None:
         def f() -> None:
