@@ -191,3 +191,17 @@ def test_the_plan_imports_no_sockets_and_no_ui():
             "print([m for m in ('websockets', 'textual') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_textual_is_imported_only_by_the_live_view():
+    """The replay shells and command run without Textual; only ocpptool/ui imports it (the UI only renders)."""
+    code = ("import sys, ocpptool.replay.command, ocpptool.replay.as_charger, ocpptool.replay.as_csms, ocpptool.cli;"
+            "print('textual' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "False", out.stderr
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "ocpptool"
+    importers = {p.relative_to(root).parts[0] for p in root.rglob("*.py")
+                 if "import textual" in p.read_text() or "from textual" in p.read_text()}
+    assert importers == {"ui"}
