@@ -126,7 +126,9 @@ class Peer:
 
     def on_response(self, msg: list[Any], text: str) -> None:
         mid = msg[1] if len(msg) > 1 else None
-        fut = self.pending.get(mid) if isinstance(mid, str) else None
+        if not isinstance(mid, str):
+            return
+        fut = self.pending.get(mid)
         if fut is None or fut.done():
             return
         latency = (time.monotonic() - self.sent_at.get(mid, time.monotonic())) * 1000
@@ -146,6 +148,7 @@ class Peer:
             text = encode_error(mid, ex.error_code or "InternalError", ex.error_description or "")
             await self.send_text(text, "CALLERROR", action)
             return
+        body: dict[str, Any] | None
         if ex is not None and ex.answer == "result":
             body = self.answer_payload(ex, payload)
         else:

@@ -7,6 +7,7 @@ replay can be analysed, decoded or replayed again.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import polars as pl
 
@@ -27,7 +28,7 @@ class Transcript:
         return len(self.rows)
 
     def raw_batch(self) -> pl.DataFrame:
-        cols = list(zip(*self.rows, strict=True)) if self.rows else [[]] * 6
+        cols: list[tuple[Any, ...]] = list(zip(*self.rows, strict=True)) if self.rows else [()] * 6
         df = pl.DataFrame(
             {
                 "ts": pl.Series(cols[0], dtype=pl.Datetime("us", "UTC")),
