@@ -384,3 +384,39 @@ def test_listening_on_a_port_already_taken_is_one_line_and_exit_2(recorded):
         busy.close()
     assert out.returncode == 2, out
     assert out.stderr.startswith("ocpptool: error: --listen") and out.stderr.count("\n") == 1, out.stderr
+
+
+def test_the_cli_as_csms_serves_a_real_charge_point_and_records_it(recorded, tmp_path):
+    """`replay --as csms --listen` answers a real charge point, sends it the recorded calls and records the session."""
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    trace = tmp_path / "bench.trace.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "ocpptool", "replay", str(recorded), "--as", "csms", "--cp", "CP-A",
+                             "--listen", f"127.0.0.1:{port}", "--speed", "max", "--no-tui", "--record", str(trace)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        cfg = next(c for c in FLEET if c.id == "CP-A")
+        cfg = cfg.__class__(**{**cfg.__dict__, "csms_calls": ()})
+
+        async def charger():
+            for _ in range(100):  # the CLI needs a moment to read the recording and listen
+                try:
+                    return await run_charger(cfg, f"ws://127.0.0.1:{port}/ocpp")
+                except OSError:
+                    await asyncio.sleep(0.1)
+            raise AssertionError("replay --as csms never listened")
+
+        report = asyncio.run(charger())
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert report.csms_calls_received == len(CSMS_CALLS_16)
+    assert "replay as-csms: 1 charge points" in out
+    messages = load([str(trace)], progress=False)[0].messages
+    sent = messages.filter((messages["direction"] == "csms->cp") & (messages["message_type"] == "CALL"))
+    assert sent["action"].to_list() == [c.action for c in CSMS_CALLS_16]
