@@ -27,7 +27,7 @@ from ..replay.runtime import Control, CpStats, Event, ReplayOptions, ReplayResul
 
 COLUMNS = ("charge point", "state", "connector", "transaction", "sent", "received", "last action", "divergences")
 LOG_PER_TICK = 20  #: at most this many frames are written to the log per refresh; the rest are counted
-REFRESH_S = 0.5  #: log, clock and progress at 2 Hz: enough to follow, and the UI stays a few % of a core
+REFRESH_S = 0.5  #: log, clock and progress at 2 Hz: enough to follow (1 Hz saved little CPU: bench/README.md)
 TABLE_EVERY = 1  #: the charge point table at the same rate
 
 
