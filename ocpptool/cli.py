@@ -253,6 +253,46 @@ def explain(
 
 
 @app.command()
+def replay(
+    inputs: InputsArg,
+    target: Annotated[str | None, typer.Option("--target", help="ws:// or wss:// CSMS URL; the charge point id is appended.")] = None,
+    role: Annotated[str, typer.Option("--as", help="Replay the chargers (charger) or the CSMS (csms).")] = "charger",
+    listen: Annotated[str | None, typer.Option("--listen", help="As a CSMS: HOST:PORT to accept chargers on.")] = None,
+    speed: Annotated[str, typer.Option("--speed", help="1 real time, 10 ten times faster, max as fast as answered.")] = "1",
+    cp: Annotated[list[str] | None, typer.Option("--cp", help="Only these charge points (repeatable).")] = None,
+    action: Annotated[list[str] | None, typer.Option("--action", help="Only these actions (repeatable).")] = None,
+    since: Annotated[str | None, typer.Option("--since", help="Only messages at or after this time.")] = None,
+    until: Annotated[str | None, typer.Option("--until", help="Only messages before this time.")] = None,
+    cp_map: Annotated[list[str] | None, typer.Option("--cp-map", help="OLD=NEW charge point id (repeatable).")] = None,
+    cp_prefix: Annotated[str, typer.Option("--cp-prefix", help="Prefix every charge point id.")] = "",
+    id_tag_map: Annotated[list[str] | None, typer.Option("--id-tag-map", help="OLD=NEW idTag (repeatable).")] = None,
+    keep_message_ids: Annotated[bool, typer.Option("--keep-message-ids", help="Send the recorded message ids.")] = False,
+    auth_file: Annotated[str | None, typer.Option("--auth-file", help="CP_ID:password lines for Basic auth.")] = None,
+    ca: Annotated[str | None, typer.Option("--ca", help="CA bundle to verify the peer (wss).")] = None,
+    cert: Annotated[str | None, typer.Option("--cert", help="Client (or, as a CSMS, server) certificate.")] = None,
+    key: Annotated[str | None, typer.Option("--key", help="Private key for --cert.")] = None,
+    record: Annotated[str | None, typer.Option("--record", help="Write the live transcript as Open OCPP Trace.")] = None,
+    report: Annotated[str | None, typer.Option("--report", help="Write the divergence report as JSON.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; connect to nothing.")] = False,
+    tui: Annotated[bool | None, typer.Option("--tui/--no-tui", help="Live view (default: when stdout is a terminal).")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="With --no-tui: print every frame.")] = False,
+    response_timeout: Annotated[float, typer.Option("--response-timeout", help="Seconds to wait for an answer.")] = 10.0,
+    no_shift: Annotated[bool, typer.Option("--no-time-shift", help="Keep payload timestamps as recorded.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
+    input_format: InputFormatOpt = None,
+    log_tz: LogTzOpt = None,
+) -> None:
+    """Re-enact recorded traffic against a CSMS (as chargers) or toward chargers (--as csms)."""
+    args = dict(locals())
+    from .replay.command import ReplayArgs
+    from .replay.command import replay as run_replay
+
+    _check_tz(log_tz)
+    args.update(since=_parse_time(since, "--since"), until=_parse_time(until, "--until"))
+    run_replay(ReplayArgs(**args))
+
+
+@app.command()
 def formats() -> None:
     """List the input formats ocpptool detects."""
     from .sources import input_formats
