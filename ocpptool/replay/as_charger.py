@@ -274,8 +274,12 @@ class ChargerShell(Peer):
         self.state("quit")
 
     async def linger(self, reader: asyncio.Task[None]) -> None:
-        """After its own calls, wait (bounded) for the recorded CSMS calls still to come."""
+        """After its own calls, wait (bounded) for the recorded CSMS calls still to come; with none recorded,
+        still give the CSMS ``linger_s`` to send calls the recording did not have (they are reported)."""
         if not self.s.csms_calls:
+            deadline = time.monotonic() + self.opts.linger_s
+            while time.monotonic() < deadline and not reader.done():
+                await asyncio.sleep(0.02)
             return
         last = max(e.offset for e in self.s.csms_calls)
         if last > self.control.clock():
