@@ -165,8 +165,17 @@ class Proxy:
         await self.aclose()
 
     async def aclose(self) -> None:
+        """Stop listening; close every pair with 1001 (going away), giving up on a stuck peer after 2 s."""
+        if self._server is None:
+            return
+        self._server.close(close_connections=False)
+        conns = [c for pair in self.active.values() for c in pair]
+        if conns:
+            await asyncio.wait([asyncio.ensure_future(c.close(1001, "proxy shutting down")) for c in conns], timeout=2)
+            for c in conns:
+                if c.state.name != "CLOSED":
+                    c.transport.abort()
         if self._server is not None:
-            self._server.close(close_connections=True)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 10)
             self._server = None
