@@ -20,6 +20,8 @@ from .events import ConnEvent, Seen
 from .live import ChargerRow, FrameInfo, IncrementalAnalysis, LiveState
 from .recorder import Recorder, redact
 
+SWEEP_EVERY = 12  # every 12th analysis run looks at every charge point, not only those with new traffic
+
 
 class View(Protocol):
     def frames(self, infos: list[FrameInfo]) -> None: ...
@@ -173,10 +175,10 @@ class Hub:
         if self.recorder is not None:
             self.recorder.flush()
 
-    async def analyse(self) -> None:
-        if self.analysis is None or not self.analysis.pending():
+    async def analyse(self, sweep: bool = False) -> None:
+        if self.analysis is None or not (sweep or self.analysis.pending()):
             return
-        rows = self.analysis.take()
+        rows = self.analysis.take(everything=sweep)
         new = await asyncio.to_thread(self.analysis.analyse, rows)
         self.stats.analysis_runs += 1
         if new:
@@ -203,12 +205,14 @@ async def run_monitor(o: MonitorOptions, view: View, stop: asyncio.Event | None 
 
     async def ticker() -> None:
         next_analysis = time.monotonic() + o.analyse_every_s
+        runs = 0
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), o.tick_s)
             hub.tick()
             if o.analyse_every_s and time.monotonic() >= next_analysis:
-                await hub.analyse()
+                runs += 1
+                await hub.analyse(sweep=runs % SWEEP_EVERY == 0)
                 next_analysis = time.monotonic() + o.analyse_every_s
 
     tick_task = asyncio.create_task(ticker())
@@ -244,7 +248,7 @@ async def run_monitor(o: MonitorOptions, view: View, stop: asyncio.Event | None 
         stop.set()
         await tick_task
         hub.tick()
-        await hub.analyse()
+        await hub.analyse(sweep=True)
         if recorder is not None:
             recorder.close()
             hub.stats.recordings = [str(p) for p in recorder.rotated] + [str(recorder.path)]

@@ -57,11 +57,15 @@ class Follower:
             raise UserError(f"--follow {self.path}: packet captures cannot be followed; use `ocpptool decode`")
 
     async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
+        try:
+            while not stop.is_set():
+                self.poll()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.poll_s)
             self.poll()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.poll_s)
-        self.poll()
+        finally:
+            if self._fh is not None:
+                self._fh.close()
 
     # -- one poll: everything new, then rotation/truncation
     def poll(self) -> None:
@@ -133,7 +137,7 @@ class Follower:
             df = item() if callable(item) else item
             if not isinstance(df, pl.DataFrame) or df.is_empty():
                 continue
-            df = parse_ts(df, self.log_tz)
+            df = parse_ts(df, self.log_tz).sort("source_pos", maintain_order=True)  # readers put broken lines first
             now = datetime.now(UTC)
             for r in df.iter_rows(named=True):
                 if r["text"] is None:

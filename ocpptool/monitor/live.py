@@ -160,11 +160,13 @@ class IncrementalAnalysis:
     """Recent raw messages per charge point; :meth:`run` analyses the ones with new traffic.
 
     Every detector is per charge point or per connection, so analysing only the charge points that changed
-    gives the same findings as analysing everything. Memory is bounded: the newest ``keep`` messages per
-    charge point (default 20,000: hours of traffic at a normal charger's rate).
+    gives their findings; the edges of the traffic (a call just sent, a transaction just started) are judged
+    against the newest time seen, as ``analyze`` judges the end of a capture. A periodic sweep over every
+    charge point catches what silence reveals. Memory is bounded: the newest ``keep`` messages per charge
+    point (default 5,000: days at a normal charger's rate, 80 minutes at one message a second).
     """
 
-    def __init__(self, *, keep: int = 20_000, min_severity: str = "warning", options=None) -> None:
+    def __init__(self, *, keep: int = 5_000, min_severity: str = "warning", options=None) -> None:
         self.keep = keep
         self.options = options
         self.min_rank = {"error": 0, "warning": 1, "info": 2}[min_severity]
@@ -186,9 +188,15 @@ class IncrementalAnalysis:
     def pending(self) -> bool:
         return bool(self._dirty)
 
-    def take(self) -> list[tuple]:
-        """The rows to analyse now (call on the event loop; :meth:`analyse` may then run in a thread)."""
-        cps, self._dirty = sorted(self._dirty), set()
+    def take(self, everything: bool = False) -> list[tuple]:
+        """The rows to analyse now (call on the event loop; :meth:`analyse` may then run in a thread).
+
+        Normally the charge points with new traffic; ``everything`` (a periodic sweep) also re-judges the
+        quiet ones, whose silence is itself a finding (heartbeat gaps, transactions never stopped) that only
+        shows against the others' clock.
+        """
+        cps = sorted(self._rows if everything else self._dirty)
+        self._dirty = set()
         return [r for cp in cps for r in self._rows[cp]]
 
     def analyse(self, rows: list[tuple]) -> list[dict[str, Any]]:
