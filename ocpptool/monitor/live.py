@@ -200,22 +200,15 @@ class IncrementalAnalysis:
         return [r for cp in cps for r in self._rows[cp]]
 
     def analyse(self, rows: list[tuple]) -> list[dict[str, Any]]:
-        """Run the detectors on ``rows``; return the findings not reported before, as dicts."""
-        if not rows:
-            return []
-        from ..analysis import run
-        from ..sources.base import RAW_SCHEMA, conform
-        from ..tables.build import build_tables
+        """Run the detectors on ``rows`` here and now; return the findings not reported before."""
+        return self.new_findings(analyse_rows(rows, self.options))
 
-        cols = ("ts", "source", "source_pos", "conn", "charge_point_id", "direction", "subprotocol", "text")
-        raw = conform(pl.DataFrame(rows, schema={c: RAW_SCHEMA[c] for c in cols}, orient="row"))
-        tables = build_tables([raw])
-        findings = run(tables, self.options).findings
-        self.runs += 1
-        new = []
+    def new_findings(self, findings: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The findings (dicts with the FINDINGS columns) at or above the severity floor not reported before."""
         from ..analysis.registry import SEVERITY_RANK
 
-        for f in findings.iter_rows(named=True):
+        new = []
+        for f in findings:
             if SEVERITY_RANK.get(f["severity"], 9) > self.min_rank:
                 continue
             key = (f["code"], f["charge_point_id"], f["transaction_id"], tuple(f["evidence_ids"] or ()), f["severity"])
@@ -224,3 +217,29 @@ class IncrementalAnalysis:
             self._reported.add(key)
             new.append(f)
         return new
+
+
+_RAW_COLS = ("ts", "source", "source_pos", "conn", "charge_point_id", "direction", "subprotocol", "text")
+
+
+def analyse_rows(rows: list[tuple], options: Any = None) -> list[dict[str, Any]]:
+    """Raw message rows (as kept by :class:`IncrementalAnalysis`) -> every finding of ``analyze``, as dicts.
+
+    Pure and picklable: the monitor runs it in a child process, so the relays never wait for it.
+    """
+    if not rows:
+        return []
+    from ..analysis import run
+    from ..sources.base import RAW_SCHEMA, conform
+    from ..tables.build import build_tables
+
+    raw = conform(pl.DataFrame(rows, schema={c: RAW_SCHEMA[c] for c in _RAW_COLS}, orient="row"))
+    return run(build_tables([raw]), options).findings.to_dicts()
+
+
+def _worker_init() -> None:
+    """The analysis child: one decode thread, few Polars threads (it shares the machine with the relays)."""
+    import os
+
+    os.environ.setdefault("OCPPTOOL_WORKERS", "1")
+    os.environ.setdefault("POLARS_MAX_THREADS", "2")
