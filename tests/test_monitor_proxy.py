@@ -351,3 +351,41 @@ def test_tls_on_both_sides_with_a_client_certificate(tmp_path):
 
     assert run(main()) == '[2,"1","Heartbeat",{}]'
     assert peer["cert"]["subject"] == ((("commonName", "localhost"),),)
+
+
+def test_a_killed_monitor_loses_at_most_the_last_second_of_recording(tmp_path):
+    """After `kill -9`, the recording holds every frame relayed more than a second before."""
+    import os
+    import signal
+    import sys
+
+    port = free_port()
+    rec = tmp_path / "crash.trace.jsonl"
+
+    async def csms(ws):
+        async for m in ws:
+            await ws.send(m)
+
+    async def main():
+        async with upstream_server(csms) as url:
+            proc = subprocess.Popen([sys.executable, "-m", "ocpptool", "monitor", "--no-tui", "--no-frames", "--listen",
+                                     f"127.0.0.1:{port}", "--upstream", url, "--record", str(rec), "--analyze-every", "0"],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+            try:
+                for _ in range(200):
+                    try:
+                        async with connect(f"ws://127.0.0.1:{port}/CP-1", subprotocols=["ocpp1.6"], ping_interval=None) as ws:
+                            for i in range(50):
+                                await ws.send(f'[2,"{i}","Heartbeat",{{}}]')
+                                await ws.recv()
+                            await asyncio.sleep(1.2)
+                            os.kill(proc.pid, signal.SIGKILL)
+                            return
+                    except OSError:
+                        await asyncio.sleep(0.1)
+            finally:
+                proc.kill()
+                proc.wait(10)
+
+    run(main())
+    assert len(rec.read_bytes().splitlines()) == 100
