@@ -4,8 +4,11 @@
     uv run python bench/bench_monitor.py --quick         # 50 chargers, 10 s per case (smoke check)
     uv run python bench/bench_monitor.py --chargers 500 --seconds 60
 
-This process runs the peers: a real ``ocpp`` CSMS (:class:`ocpptool.testing.Csms`) and N real ``ocpp``
-chargers, each sending one Heartbeat a second and timing every call from send to answer. The proxy is the
+This process runs the peers, N chargers each sending one Heartbeat a second and timing every call from send
+to answer, and a CSMS answering them. ``--peers raw`` (the default) uses minimal websockets peers, so the
+peers' own CPU (the ``ocpp`` library validates every payload against its JSON schema on both ends) does not
+swamp the proxy's share on a 2-core machine; ``--peers ocpp`` uses the real ``ocpp`` peers of
+:mod:`ocpptool.testing` (the load test in the suite does too). The proxy is the
 real CLI in a child process (``python -m ocpptool monitor --no-tui --no-frames --listen ... --upstream ...
 --record ...``), so its CPU time is its own. Cases:
 
@@ -89,7 +92,65 @@ def _frames(path: Path, cp: str, direction: str, text: str) -> Counter:
     return out
 
 
-async def _case(name: str, chargers: int, seconds: int, work: Path) -> dict:
+class _RawCsms:
+    """A minimal CSMS for ``--peers raw``: answers every CALL with a CALLRESULT, logs every frame."""
+
+    def __init__(self, log_path: Path) -> None:
+        self.log_path = log_path
+
+    async def __aenter__(self):
+        from websockets.asyncio.server import serve
+
+        from ocpptool.testing import JsonlRecorder
+        from ocpptool.testing.peers import _utc_now
+
+        self.log = JsonlRecorder(self.log_path)
+
+        async def handler(ws):
+            cp = ws.request.path.rsplit("/", 1)[-1]
+            async for m in ws:
+                self.log.write(_utc_now(), cp, "cp->csms", "ocpp1.6", m)
+                mid = m.split('"', 2)[1]
+                answer = f'[3,"{mid}",{{"currentTime":"{_utc_now().isoformat()}"}}]'
+                self.log.write(_utc_now(), cp, "csms->cp", "ocpp1.6", answer)
+                await ws.send(answer)
+
+        self.server = await serve(handler, "127.0.0.1", 0, subprotocols=["ocpp1.6"], ping_interval=None)
+        self.url = f"ws://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/ocpp"
+        return self
+
+    async def __aexit__(self, *exc):
+        self.server.close()
+        await self.server.wait_closed()
+        self.log.close()
+
+    async def wait_idle(self) -> None:
+        await asyncio.sleep(0.2)
+
+
+async def _raw_charger(cp: str, url: str, seconds: int, log, latencies: list[float]):
+    """A minimal charger for ``--peers raw``: one Heartbeat a second, timed to its answer."""
+    from types import SimpleNamespace
+
+    from websockets.asyncio.client import connect
+
+    from ocpptool.testing.peers import _utc_now
+
+    async with connect(f"{url}/{cp}", subprotocols=["ocpp1.6"], ping_interval=None, open_timeout=30) as ws:
+        start = time.monotonic()
+        for i in range(seconds + 2):
+            await asyncio.sleep(max(0.0, start + i - time.monotonic()))
+            frame = f'[2,"{cp}-{i}","Heartbeat",{{}}]'
+            t0 = time.perf_counter()
+            log.write(_utc_now(), cp, "cp->csms", "ocpp1.6", frame)
+            await ws.send(frame)
+            answer = await asyncio.wait_for(ws.recv(), 10)
+            latencies.append(time.perf_counter() - t0)
+            log.write(_utc_now(), cp, "csms->cp", "ocpp1.6", answer)
+    return SimpleNamespace(timeouts=0)
+
+
+async def _case(name: str, chargers: int, seconds: int, work: Path, peers: str = "raw") -> dict:
     from ocpptool.testing import ChargerConfig, Csms, JsonlRecorder
     from ocpptool.testing.monitor import run_recorded_charger
 
@@ -98,9 +159,10 @@ async def _case(name: str, chargers: int, seconds: int, work: Path) -> dict:
     csms_log, charger_log, rec = work / f"{name}-csms.jsonl", work / f"{name}-chargers.jsonl", work / f"{name}.trace.jsonl"
     for p in (csms_log, charger_log, rec):
         p.unlink(missing_ok=True)
-    result: dict = {"case": name, "chargers": chargers, "seconds": seconds, "load_before": os.getloadavg()[0]}
+    result: dict = {"case": name, "peers": peers, "chargers": chargers, "seconds": seconds, "load_before": os.getloadavg()[0]}
     latencies: list[float] = []
-    async with Csms(csms_log, cfgs, response_timeout=10) as csms:
+    csms_cm = Csms(csms_log, cfgs, response_timeout=10) if peers == "ocpp" else _RawCsms(csms_log)
+    async with csms_cm as csms:
         proc = None
         url = csms.url.rsplit("/ocpp", 1)[0]
         if name != "direct":
@@ -129,6 +191,8 @@ async def _case(name: str, chargers: int, seconds: int, work: Path) -> dict:
 
         async def one(i: int, cfg):
             await asyncio.sleep(i / chargers)  # spread the connections (and so the heartbeats) over a second
+            if peers == "raw":
+                return await _raw_charger(cfg.id, url, seconds, log, latencies)
             return await run_recorded_charger(cfg, url, log, latencies)
 
         reports = await asyncio.gather(*(one(i, c) for i, c in enumerate(cfgs)))
@@ -164,6 +228,8 @@ def main() -> int:
     ap.add_argument("--seconds", type=int, default=30)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--only", default=None, help="cases whose name contains this")
+    ap.add_argument("--peers", choices=("raw", "ocpp"), default="raw",
+                    help="raw: minimal websockets peers (measure the proxy); ocpp: the ocpp package on both ends")
     args = ap.parse_args()
     if args.quick:
         args.chargers, args.seconds = 50, 10
@@ -173,7 +239,7 @@ def main() -> int:
         if args.only and args.only not in name:
             continue
         print(f"{name}: {args.chargers} chargers x 1 msg/s for {args.seconds} s ...", file=sys.stderr, flush=True)
-        results.append(asyncio.run(_case(name, args.chargers, args.seconds, OUT)))
+        results.append(asyncio.run(_case(name, args.chargers, args.seconds, OUT, args.peers)))
     base = next((r for r in results if r["case"] == "direct"), None)
     print(f"\n{'case':16s} {'load':>5s} {'calls':>7s} {'median ms':>10s} {'p99 ms':>8s} {'added med/p99 ms':>17s} "
           f"{'proxy CPU s':>11s} {'% core':>7s} {'+child CPU s':>12s} {'RSS MB':>7s}  check")  # fmt: skip
