@@ -266,7 +266,7 @@ async def run_monitor(o: MonitorOptions, view: View, stop: asyncio.Event | None 
                 raise UserError(f"--listen {o.listen[0]}:{o.listen[1]}: cannot listen ({exc.strerror or exc})") from None
             try:
                 view.notice(f"listening on {'wss' if server_ssl else 'ws'}://{o.listen[0]}:{proxy.port}/<charge point id>, "
-                            f"relaying to {o.upstream}/<charge point id>")  # fmt: skip
+                            f"relaying to {_shown_url(o.upstream)}/<charge point id>")  # fmt: skip
                 if on_ready:
                     on_ready(proxy)
                 await stop.wait()
@@ -284,6 +284,16 @@ async def run_monitor(o: MonitorOptions, view: View, stop: asyncio.Event | None 
             recorder.close()
             hub.stats.recordings = [str(p) for p in recorder.rotated] + [str(recorder.path)]
     return hub.stats
+
+
+def _shown_url(url: str) -> str:
+    """A URL as it may be printed: credentials in it (ws://user:password@host) are left out."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None and parts.username is None:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 class LineView:

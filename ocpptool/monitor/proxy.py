@@ -212,6 +212,10 @@ class Proxy:
             return connection.respond(status, f"upstream answered HTTP {status}\n")
         except (OSError, TimeoutError, InvalidHandshake, ssl.SSLError) as exc:
             pend.error = f"upstream unreachable: {type(exc).__name__}: {exc}"[:120]
+            return None
+        if connection.state.name == "CLOSED":  # the charger gave up while the CSMS answered: no pair, no leak
+            self._pending.pop(id(connection), None)
+            await pend.upstream.close(1001, "charger went away")
         return None
 
     def _select_subprotocol(self, connection: ServerConnection, offered: Any) -> Any:

@@ -17,7 +17,7 @@ from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.widgets import DataTable, Footer, Header, Input, Static
 
-from ..monitor.engine import MonitorOptions, Stats, run_monitor
+from ..monitor.engine import MonitorOptions, Stats, _shown_url, run_monitor
 from ..monitor.events import ConnEvent
 from ..monitor.live import CHARGER_COLUMNS, MESSAGE_COLUMNS, ChargerRow, FrameInfo
 
@@ -126,7 +126,8 @@ class MonitorApp(App):
             chargers.add_column(col, key=col)
         self.query_one("#messages", DataTable).add_columns(*MESSAGE_COLUMNS)
         self.query_one("#findings", DataTable).add_columns("severity", "code", "charge point", "transaction", "summary")
-        self.sub_title = self.options.follow or f"{self.options.listen} -> {self.options.upstream}"
+        o = self.options
+        self.sub_title = o.follow or f"{o.listen[0]}:{o.listen[1]} -> {_shown_url(o.upstream or '')}" if o.listen else o.follow or ""
         self.run_worker(self._engine, thread=True, exclusive=True, name="engine")
 
     # -- the engine, on its own loop in a thread
