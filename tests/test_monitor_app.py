@@ -14,7 +14,7 @@ from ocpptool.ui.monitor_app import MonitorApp
 DEMO = Path(__file__).parent.parent / "captures" / "fleet-demo.jsonl"
 
 
-async def _until(pilot, cond, timeout: float = 20.0) -> None:
+async def _until(pilot, cond, timeout: float = 60.0) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while not cond():
@@ -44,7 +44,7 @@ def test_view_shows_chargers_stream_and_findings_and_filters_by_charger():
             await pilot.press("ctrl+q")  # "q" would go into the focused filter box
             return cps, codes, shown
 
-    cps, codes, shown = asyncio.run(asyncio.wait_for(main(), 60))
+    cps, codes, shown = asyncio.run(asyncio.wait_for(main(), 100))
     assert {"CP-001", "CP-004"} <= cps and len(cps) >= 9
     assert {"meter-regression", "call-error", "clock-drift"} <= codes
     assert shown and all(r[1] == "CP-004" and r[4] == "MeterValues" for r in shown)
@@ -53,7 +53,7 @@ def test_view_shows_chargers_stream_and_findings_and_filters_by_charger():
 def test_view_of_the_proxy_shows_a_charger_connect_charge_and_close(tmp_path):
     """Through the proxy, a real charger appears as connected with its running transaction, and as closed
     once it hangs up."""
-    cfg = ChargerConfig("CP-UI", faults=Faults(meter_backwards_at=1))
+    cfg = ChargerConfig("CP-UI", meter_interval=0.3, faults=Faults(meter_backwards_at=1))  # charges for ~3 s
 
     async def main():
         async with Csms(tmp_path / "csms.jsonl", [cfg]) as csms:
@@ -79,5 +79,5 @@ def test_view_of_the_proxy_shows_a_charger_connect_charge_and_close(tmp_path):
                 await pilot.press("q")
             return seen_tx, code
 
-    seen_tx, code = asyncio.run(asyncio.wait_for(main(), 60))
+    seen_tx, code = asyncio.run(asyncio.wait_for(main(), 100))
     assert seen_tx and code == "meter-regression"

@@ -180,10 +180,10 @@ class Hub:
         """One analysis run (in the child process); returns its wall time in seconds."""
         if self.analysis is None or not (sweep or self.analysis.pending()):
             return 0.0
+        if self._pool is None:
+            await self.warm_up()
         rows = self.analysis.take(everything=sweep)
         t0 = time.monotonic()
-        if self._pool is None:
-            self._pool = _analysis_pool()
         try:
             found = await asyncio.get_running_loop().run_in_executor(self._pool, analyse_rows, rows, self.o.analysis_options)
         except Exception as exc:  # a broken child must not take the relays down: say so, carry on
@@ -197,6 +197,19 @@ class Hub:
             self.stats.findings += len(new)
             self.view.findings(new)
         return time.monotonic() - t0
+
+    async def warm_up(self) -> None:
+        """Start the analysis child (a second or more: it imports Polars) before it is needed."""
+        if self.analysis is None or self._pool is not None:
+            return
+        try:
+            self._pool = _analysis_pool()
+            await asyncio.get_running_loop().run_in_executor(self._pool, analyse_rows, [], None)
+        except Exception as exc:  # no child process possible here: analyse in a thread instead
+            self.view.notice(f"live analysis runs in a thread ({type(exc).__name__}: {exc})")
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(max_workers=1)
 
     def close(self) -> None:
         if self._pool is not None:
@@ -244,6 +257,7 @@ async def run_monitor(o: MonitorOptions, view: View, stop: asyncio.Event | None 
                 next_analysis = time.monotonic() + max(o.analyse_every_s, 3 * took)
 
     tick_task = asyncio.create_task(ticker())
+    warm_task = asyncio.create_task(hub.warm_up())
     try:
         if o.follow:
             from .follow import Follower
@@ -275,6 +289,7 @@ async def run_monitor(o: MonitorOptions, view: View, stop: asyncio.Event | None 
     finally:
         stop.set()
         await tick_task
+        await warm_task
         hub.tick()
         try:
             await hub.analyse(sweep=True)

@@ -107,6 +107,12 @@ class MonitorApp(App):
         self._engine_ready = threading.Event()
         self._charger_keys: set[str] = set()
         self._events: deque[str] = deque(maxlen=200)
+        if options.analyse_every_s:
+            # The live analysis runs in a child process; multiprocessing's helper process must start while
+            # sys.stderr is still a real file (Textual replaces it while the app runs).
+            from multiprocessing import resource_tracker
+
+            resource_tracker.ensure_running()
 
     def compose(self) -> ComposeResult:
         yield Header()
