@@ -4,8 +4,8 @@
     uv run python bench/bench_monitor.py --quick         # 50 chargers, 10 s per case (smoke check)
     uv run python bench/bench_monitor.py --chargers 500 --seconds 60
 
-This process runs the peers, N chargers each sending one Heartbeat a second and timing every call from send
-to answer, and a CSMS answering them. ``--peers raw`` (the default) uses minimal websockets peers, so the
+This process runs N chargers, each sending one Heartbeat a second and timing every call from send to
+answer; the CSMS runs in a second process (so the direct case crosses processes too, as in the field). ``--peers raw`` (the default) uses minimal websockets peers, so the
 peers' own CPU (the ``ocpp`` library validates every payload against its JSON schema on both ends) does not
 swamp the proxy's share on a 2-core machine; ``--peers ocpp`` uses the real ``ocpp`` peers of
 :mod:`ocpptool.testing` (the load test in the suite does too). The proxy is the
@@ -128,6 +128,43 @@ class _RawCsms:
         await asyncio.sleep(0.2)
 
 
+class _CsmsProcess:
+    """The CSMS in its own process, so that every case crosses processes (direct too) as it does in the field."""
+
+    def __init__(self, peers: str, log: Path, chargers: int, seconds: int) -> None:
+        self.cmd = [sys.executable, __file__, "--role", "csms", "--peers", peers, "--log", str(log),
+                    "--chargers", str(chargers), "--seconds", str(seconds)]  # fmt: skip
+
+    async def __aenter__(self):
+        self.proc = await asyncio.create_subprocess_exec(*self.cmd, stdout=asyncio.subprocess.PIPE)
+        assert self.proc.stdout is not None
+        line = await asyncio.wait_for(self.proc.stdout.readline(), 60)
+        if not line:
+            raise RuntimeError("the CSMS process did not start")
+        self.url = line.decode().strip()
+        return self
+
+    async def wait_idle(self) -> None:
+        await asyncio.sleep(0.5)
+
+    async def __aexit__(self, *exc):
+        self.proc.terminate()
+        await asyncio.wait_for(self.proc.wait(), 30)
+
+
+async def _serve_csms(peers: str, log: Path, chargers: int, seconds: int) -> None:
+    import signal
+
+    from ocpptool.testing import ChargerConfig, Csms
+
+    cfgs = [ChargerConfig(f"BENCH-{i:04d}") for i in range(chargers)]
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    async with (Csms(log, cfgs, response_timeout=10) if peers == "ocpp" else _RawCsms(log)) as csms:
+        print(csms.url, flush=True)
+        await asyncio.wait_for(stop.wait(), seconds + 600)
+
+
 async def _raw_charger(cp: str, url: str, seconds: int, log, latencies: list[float]):
     """A minimal charger for ``--peers raw``: one Heartbeat a second, timed to its answer."""
     from types import SimpleNamespace
@@ -151,7 +188,7 @@ async def _raw_charger(cp: str, url: str, seconds: int, log, latencies: list[flo
 
 
 async def _case(name: str, chargers: int, seconds: int, work: Path, peers: str = "raw") -> dict:
-    from ocpptool.testing import ChargerConfig, Csms, JsonlRecorder
+    from ocpptool.testing import ChargerConfig, JsonlRecorder
     from ocpptool.testing.monitor import run_recorded_charger
 
     cfgs = [ChargerConfig(f"BENCH-{i:04d}", heartbeats=seconds, heartbeat_interval=1.0, sessions=(),
@@ -161,8 +198,7 @@ async def _case(name: str, chargers: int, seconds: int, work: Path, peers: str =
         p.unlink(missing_ok=True)
     result: dict = {"case": name, "peers": peers, "chargers": chargers, "seconds": seconds, "load_before": os.getloadavg()[0]}
     latencies: list[float] = []
-    csms_cm = Csms(csms_log, cfgs, response_timeout=10) if peers == "ocpp" else _RawCsms(csms_log)
-    async with csms_cm as csms:
+    async with _CsmsProcess(peers, csms_log, chargers, seconds) as csms:
         proc = None
         url = csms.url.rsplit("/ocpp", 1)[0]
         if name != "direct":
@@ -230,7 +266,12 @@ def main() -> int:
     ap.add_argument("--only", default=None, help="cases whose name contains this")
     ap.add_argument("--peers", choices=("raw", "ocpp"), default="raw",
                     help="raw: minimal websockets peers (measure the proxy); ocpp: the ocpp package on both ends")
+    ap.add_argument("--role", default="bench", help=argparse.SUPPRESS)
+    ap.add_argument("--log", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.role == "csms":
+        asyncio.run(_serve_csms(args.peers, Path(args.log), args.chargers, args.seconds))
+        return 0
     if args.quick:
         args.chargers, args.seconds = 50, 10
     OUT.mkdir(exist_ok=True)
