@@ -16,6 +16,7 @@ from ocpptool.monitor import MonitorOptions, run_monitor
 from ocpptool.monitor.events import Seen
 from ocpptool.monitor.recorder import Recorder
 from ocpptool.pipeline import load
+from ocpptool.tables.writers import frame_text
 from ocpptool.testing.monitor import CollectView
 
 DEMO = Path(__file__).parent.parent / "captures" / "fleet-demo.jsonl"
@@ -137,3 +138,31 @@ def test_following_a_capture_is_refused_clearly(tmp_path, capsys):
     cap = next((Path(__file__).parent / "captures").glob("*.pcapng"))
     assert main(["monitor", "--no-tui", "--follow", str(cap)]) == 2
     assert "packet captures cannot be followed" in capsys.readouterr().err
+
+
+def test_live_analysis_keeps_history_between_runs_and_finds_what_analyze_finds():
+    """Fed in two deltas, the live analysis sees each charge point's whole history, so its findings over
+    both runs are the ones `analyze` reports for the whole file; only the newest `keep` rows are kept."""
+    from ocpptool.monitor.live import _STORES, IncrementalAnalysis
+
+    tables, _ = load([str(DEMO)], progress=False)
+    msgs = tables.messages.sort("idx")
+    seen = [Seen(r["ts"], r["conn"], r["charge_point_id"], r["direction"], "ocpp1.6", r["_t"])
+            for r in msgs.with_columns(_t=frame_text()).iter_rows(named=True)]  # fmt: skip
+    live = IncrementalAnalysis(min_severity="warning")
+    half = len(seen) // 2
+    found = []
+    for part in (seen[:half], seen[half:]):
+        for s in part:
+            live.add(s)
+        found += live.analyse()
+    found += live.analyse(everything=True)
+    expected = {(f["code"], f["charge_point_id"]) for f in analyse(tables).findings.iter_rows(named=True)
+                if f["severity"] != "info"}  # fmt: skip
+    assert expected <= {(f["code"], f["charge_point_id"]) for f in found}
+    assert sum(len(d) for d in _STORES[live.store].values()) == len(seen)
+    small = IncrementalAnalysis(keep=10)
+    for s in seen:
+        small.add(s)
+    small.analyse()
+    assert max(len(d) for d in _STORES[small.store].values()) == 10

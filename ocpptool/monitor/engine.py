@@ -17,7 +17,15 @@ from typing import Any, Protocol
 
 from ..errors import UserError
 from .events import ConnEvent, Seen
-from .live import ChargerRow, FrameInfo, IncrementalAnalysis, LiveState, _worker_init, analyse_rows
+from .live import (
+    ChargerRow,
+    FrameInfo,
+    IncrementalAnalysis,
+    LiveState,
+    _worker_init,
+    analyse_delta,
+    analyse_rows,
+)
 from .recorder import Recorder, redact
 
 SWEEP_EVERY = 12  # every 12th analysis run looks at every charge point, not only those with new traffic
@@ -182,12 +190,14 @@ class Hub:
             return 0.0
         if self._pool is None:
             await self.warm_up()
-        rows = self.analysis.take(everything=sweep)
+        a = self.analysis
+        new_rows, cps = a.take(everything=sweep)
         t0 = time.monotonic()
         try:
-            found = await asyncio.get_running_loop().run_in_executor(self._pool, analyse_rows, rows, self.o.analysis_options)
+            found = await asyncio.get_running_loop().run_in_executor(
+                self._pool, analyse_delta, a.store, new_rows, cps, a.keep, self.o.analysis_options)
         except Exception as exc:  # a broken child must not take the relays down: say so, carry on
-            self.view.notice(f"live analysis failed ({type(exc).__name__}: {exc}); it will be retried")
+            self.view.notice(f"live analysis failed ({type(exc).__name__}: {exc}); it restarts with the traffic from now on")
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
             return time.monotonic() - t0

@@ -9,6 +9,7 @@ first time it appears (again only if its severity changes).
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -157,7 +158,10 @@ _WATCHED = {"StatusNotification", "StopTransaction", "TransactionEvent", "BootNo
 
 
 class IncrementalAnalysis:
-    """Recent raw messages per charge point; :meth:`run` analyses the ones with new traffic.
+    """The monitor's side of the live analysis: new rows, the charge points they touch, findings reported.
+
+    The history itself lives where the analysis runs (:func:`analyse_delta`, in the analysis child), so a
+    run ships only the rows that arrived since the previous one, never the whole history.
 
     Every detector is per charge point or per connection, so analysing only the charge points that changed
     gives their findings; the edges of the traffic (a call just sent, a transaction just started) are judged
@@ -170,38 +174,33 @@ class IncrementalAnalysis:
         self.keep = keep
         self.options = options
         self.min_rank = {"error": 0, "warning": 1, "info": 2}[min_severity]
-        self._rows: dict[str, deque[tuple]] = {}
+        self.store = f"{os.getpid()}-{id(self)}"  # names this monitor's history in the analysing process
+        self._new: list[tuple] = []
         self._dirty: set[str] = set()
         self._reported: set[tuple] = set()
-        self.runs = 0
 
     def add(self, seen: Seen) -> None:
         if seen.binary:
             return
-        rows = self._rows.get(seen.charge_point_id)
-        if rows is None:
-            rows = self._rows[seen.charge_point_id] = deque(maxlen=self.keep)
-        rows.append((seen.ts, seen.source, seen.source_pos, seen.conn, seen.charge_point_id, seen.direction,
-                     seen.subprotocol, seen.text))  # fmt: skip
+        self._new.append((seen.ts, seen.source, seen.source_pos, seen.conn, seen.charge_point_id, seen.direction,
+                          seen.subprotocol, seen.text))  # fmt: skip
         self._dirty.add(seen.charge_point_id)
 
     def pending(self) -> bool:
         return bool(self._dirty)
 
-    def take(self, everything: bool = False) -> list[tuple]:
-        """The rows to analyse now (call on the event loop; :meth:`analyse` may then run in a thread).
-
-        Normally the charge points with new traffic; ``everything`` (a periodic sweep) also re-judges the
-        quiet ones, whose silence is itself a finding (heartbeat gaps, transactions never stopped) that only
-        shows against the others' clock.
-        """
-        cps = sorted(self._rows if everything else self._dirty)
+    def take(self, everything: bool = False) -> tuple[list[tuple], list[str] | None]:
+        """(rows new since the last call, charge points to analyse; None: every one, a periodic sweep that
+        re-judges the quiet ones, whose silence is itself a finding against the others' clock)."""
+        new, self._new = self._new, []
+        cps = None if everything else sorted(self._dirty)
         self._dirty = set()
-        return [r for cp in cps for r in self._rows[cp]]
+        return new, cps
 
-    def analyse(self, rows: list[tuple]) -> list[dict[str, Any]]:
-        """Run the detectors on ``rows`` here and now; return the findings not reported before."""
-        return self.new_findings(analyse_rows(rows, self.options))
+    def analyse(self, everything: bool = False) -> list[dict[str, Any]]:
+        """One run here and now (tests, and the fallback without a child process)."""
+        new, cps = self.take(everything)
+        return self.new_findings(analyse_delta(self.store, new, cps, self.keep, self.options))
 
     def new_findings(self, findings: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The findings (dicts with the FINDINGS columns) at or above the severity floor not reported before."""
@@ -235,6 +234,22 @@ def analyse_rows(rows: list[tuple], options: Any = None) -> list[dict[str, Any]]
 
     raw = conform(pl.DataFrame(rows, schema={c: RAW_SCHEMA[c] for c in _RAW_COLS}, orient="row"))
     return run(build_tables([raw]), options).findings.to_dicts()
+
+
+_STORES: dict[str, dict[str, deque[tuple]]] = {}
+
+
+def analyse_delta(store: str, new: list[tuple], cps: list[str] | None, keep: int, options: Any = None) -> list[dict]:
+    """Add ``new`` rows to the history ``store`` (newest ``keep`` per charge point), then analyse ``cps``
+    (None: all). Runs in the analysis child; picklable arguments, dict results."""
+    history = _STORES.setdefault(store, {})
+    for row in new:
+        rows = history.get(row[4])
+        if rows is None:
+            rows = history[row[4]] = deque(maxlen=keep)
+        rows.append(row)
+    chosen = sorted(history) if cps is None else [cp for cp in cps if cp in history]
+    return analyse_rows([r for cp in chosen for r in history[cp]], options)
 
 
 def _worker_init() -> None:
