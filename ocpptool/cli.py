@@ -293,6 +293,56 @@ def replay(
 
 
 @app.command()
+def monitor(
+    listen: Annotated[str | None, typer.Option("--listen", help="Proxy: listen here for chargers (HOST:PORT).")] = None,
+    upstream: Annotated[str | None, typer.Option("--upstream", help="Proxy: the CSMS (ws[s]://host:port/path); the charger's path is appended.")] = None,
+    follow: Annotated[str | None, typer.Option("--follow", help="Instead of a proxy: tail this growing log or trace.")] = None,
+    record: Annotated[str | None, typer.Option("--record", "-o", help="Record every frame to this Open OCPP Trace file.")] = None,
+    rotate_size: Annotated[str | None, typer.Option("--rotate-size", help="Rotate the recording at this size (e.g. 100M).")] = None,
+    rotate_daily: Annotated[bool, typer.Option("--rotate-daily", help="Rotate the recording at UTC midnight.")] = False,
+    redact: Annotated[bool, typer.Option("--redact", help="Blank AuthorizationKey / BasicAuthPassword values in recordings and output.")] = False,
+    cert: Annotated[str | None, typer.Option("--cert", help="TLS listener: certificate chain (PEM).")] = None,
+    key: Annotated[str | None, typer.Option("--key", help="TLS listener: private key (PEM).")] = None,
+    client_ca: Annotated[str | None, typer.Option("--client-ca", help="TLS listener: require charger certificates from this CA.")] = None,
+    ca: Annotated[str | None, typer.Option("--ca", help="wss upstream: trust this CA (PEM) instead of the system's.")] = None,
+    upstream_cert: Annotated[str | None, typer.Option("--upstream-cert", help="wss upstream: client certificate (PEM).")] = None,
+    upstream_key: Annotated[str | None, typer.Option("--upstream-key", help="wss upstream: its private key (PEM).")] = None,
+    no_tui: Annotated[bool, typer.Option("--no-tui", help="Print lines instead of the live view (the default when stdout is not a terminal).")] = False,
+    no_frames: Annotated[bool, typer.Option("--no-frames", help="Lines: connections and findings only.")] = False,
+    analyze_every: Annotated[float, typer.Option("--analyze-every", help="Seconds between live analysis runs (0: off).")] = 5.0,
+    min_severity: Annotated[str, typer.Option("--min-severity", help="Live findings at this severity or above: error, warning, info.")] = "warning",
+    settings: Annotated[list[str] | None, typer.Option("--set", help="Change a detector threshold (as for analyze).")] = None,
+    duration: Annotated[float | None, typer.Option("--duration", help="Stop after this many seconds.")] = None,
+    input_format: InputFormatOpt = None,
+    log_tz: LogTzOpt = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No summary on stderr at the end.")] = False,
+) -> None:
+    """Watch live traffic: a recording proxy between chargers and a CSMS (or --follow a growing file)."""
+    from .monitor import MonitorOptions, parse_listen
+    from .monitor.engine import check_options, run_lines
+    from .monitor.recorder import parse_size
+
+    _check_tz(log_tz)
+    try:
+        rotate = parse_size(rotate_size) if rotate_size else None
+    except ValueError:
+        raise UserError(f"--rotate-size {rotate_size!r}: expected a size like 100M, 2G or 500000") from None
+    opts = MonitorOptions(
+        listen=parse_listen(listen) if listen else None, upstream=upstream, follow=follow, record=record,
+        rotate_bytes=rotate, rotate_daily=rotate_daily, redact=redact, cert=cert, key=key, client_ca=client_ca, ca=ca,
+        upstream_cert=upstream_cert, upstream_key=upstream_key, input_format=input_format, log_tz=log_tz,
+        analyse_every_s=analyze_every, min_severity=min_severity, duration_s=duration, analysis_options=_options(settings),
+    )  # fmt: skip
+    check_options(opts)
+    if no_tui or not sys.stdout.isatty():
+        run_lines(opts, frames=not no_frames, quiet=quiet)
+    else:
+        from .ui.monitor_app import run_app
+
+        run_app(opts)
+
+
+@app.command()
 def formats() -> None:
     """List the input formats ocpptool detects."""
     from .sources import input_formats
