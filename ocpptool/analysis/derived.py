@@ -148,9 +148,9 @@ def _top_int(key: str) -> pl.Expr:
     return raw.cast(pl.Int64, strict=False)
 
 
-def _top_scalar(key: str) -> pl.Expr:
+def _top_scalar(key: str, number: str = r"-?\d+(?:\.\d+)?") -> pl.Expr:
     """A number or escape-free string field of a key that occurs once, by regex, as json_path_match gives it."""
-    m = pl.col("payload").str.extract_groups(rf'"{key}"\s*:\s*(?:"([^"\\]*)"|(-?\d+(?:\.\d+)?))\s*[,}}]')
+    m = pl.col("payload").str.extract_groups(rf'"{key}"\s*:\s*(?:"([^"\\]*)"|({number}))\s*[,}}]')
     return pl.coalesce(m.struct.field("1"), m.struct.field("2"))
 
 
@@ -338,9 +338,17 @@ def _transactions_16(messages: pl.LazyFrame) -> pl.LazyFrame:
     unmatched = stops.join(pairs.select("stop_idx"), on="stop_idx", how="anti").with_columns(
         conn="s_conn", ocpp_version="s_version"
     )
+    # MeterValues naming each id: the regex where it reads the id as json_path_match would (an integer or an
+    # escape-free string), json_path_match (slow: it parses the whole payload) only for the rest.
+    meter_values = messages.filter(
+        (pl.col("message_type") == "CALL") & (pl.col("action") == "MeterValues")
+    ).select("charge_point_id", "payload", fast=_top_scalar("transactionId", number=r"-?\d+(?:\.\d*[1-9])?"))
     events = (
-        messages.filter((pl.col("message_type") == "CALL") & (pl.col("action") == "MeterValues"))
-        .select("charge_point_id", transaction_id=_j("$.transactionId"))
+        pl.concat([
+            meter_values.filter(pl.col("fast").is_not_null()).select("charge_point_id", transaction_id="fast"),
+            meter_values.filter(pl.col("fast").is_null() & pl.col("payload").str.contains('"transactionId"', literal=True))
+            .select("charge_point_id", transaction_id=_j("$.transactionId")),
+        ])
         .filter(pl.col("transaction_id").is_not_null())
         .group_by(key)
         .agg(events=pl.len())
@@ -447,11 +455,16 @@ def _conform(lf: pl.LazyFrame, schema: dict[str, pl.DataType]) -> pl.LazyFrame:
     )
 
 
-def derive(messages: pl.LazyFrame) -> Derived:
-    """Build the transactions, meter_values and statuses tables (lazy) from the messages table."""
+def derive(messages: pl.LazyFrame, on_step: Callable[[str], None] | None = None) -> Derived:
+    """Build the transactions, meter_values and statuses tables (lazy) from the messages table.
+
+    ``on_step(label)`` is called after each materialised step (timing).
+    """
+    step = on_step or (lambda label: None)
     messages = keyed(messages)
     # The samples and the transactions feed several of the derived tables: parse the payloads once.
     samples = _raw_samples(messages).collect().lazy()
+    step("meter samples")
     tx = pl.concat(
         [_transactions_16(messages), _transactions_2x(messages, samples)], how="diagonal_relaxed"
     )
@@ -482,6 +495,7 @@ def derive(messages: pl.LazyFrame) -> Derived:
         .collect()
         .lazy()
     )
+    step("transactions")
     tx_connector = (
         tx.filter(pl.col("transaction_id").is_not_null())
         .group_by(key)
