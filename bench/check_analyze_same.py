@@ -35,9 +35,9 @@ def inputs(skip_bench: bool) -> list[tuple[str, list[str]]]:
     out: list[tuple[str, list[str]]] = []
     if not skip_bench:
         sys.path.insert(0, str(HERE))
-        from bench_decode import input_file
+        from bench_analyze import input_file
 
-        path, _ = input_file("jsonl", 100_000, 300, 1, quiet=False)
+        path, _ = input_file(100_000)
         out.append((str(path), []))
     out.append((str(ROOT / "captures" / "fleet-demo.jsonl"), []))
     for d in (ROOT / "tests" / "captures", ROOT / "tests" / "data", ROOT.parent / "shared" / "public-data"):

@@ -204,6 +204,9 @@ class Derived:
     transactions: pl.LazyFrame
     meter_values: pl.LazyFrame
     statuses: pl.LazyFrame
+    # MeterValues CALLs cut into templates (``idx``, ``key``: the template's hash, ``template``, ``literals``),
+    # for the schema check, which classes payloads the same way
+    meter_templates: pl.DataFrame | None = None
 
 
 def _calls(messages: pl.LazyFrame, actions: list[str]) -> pl.LazyFrame:
@@ -227,7 +230,7 @@ def _calls(messages: pl.LazyFrame, actions: list[str]) -> pl.LazyFrame:
 # never holds a structural character, so a template keeps every bracket, key and comma of its payloads and
 # decodes (and passes the shape guard) exactly when they would: the result equals json_decode of every
 # payload, for a few literal-prefixed regex passes over the text instead of a JSON parse of every payload.
-_STRING = r'"[^"\\{}\[\],\x01\x02]*"'
+_STRING = r'"[^"\\{}\[\],\x00\x01\x02]*"'
 _CUTS = {"value": "\x01", "timestamp": "\x02"}  # key -> marker
 
 
@@ -296,7 +299,7 @@ def _finish_samples(frame: pl.LazyFrame) -> pl.LazyFrame:
     )
 
 
-def _meter_values_samples(rows: pl.LazyFrame) -> pl.LazyFrame:
+def _meter_values_samples(rows: pl.LazyFrame, keep_templates: dict | None = None) -> pl.LazyFrame:
     """MeterValues rows (with ``payload``) -> their sampled values (see the comment above :data:`_CUTS`)."""
     p = pl.col("payload")
     template = p
@@ -311,6 +314,10 @@ def _meter_values_samples(rows: pl.LazyFrame) -> pl.LazyFrame:
         .with_columns(**{f"_off_{k}": pl.col(f"_n_{k}").cum_sum() - pl.col(f"_n_{k}") for k in _CUTS})
         .collect()
     )
+    if keep_templates is not None:
+        keep_templates["meter_templates"] = masked.select(
+            "idx", "key", "template", literals=pl.concat_list(*[f"_lit_{k}" for k in _CUTS])
+        )
     templates = masked.group_by("key").agg(
         pl.col("template").first(),
         *[pl.col(f"_n_{k}").min().alias(f"lo_{k}") for k in _CUTS],
@@ -385,7 +392,7 @@ def _whole_meter_values_samples(rows: pl.LazyFrame) -> pl.LazyFrame:
     ).with_columns(sample_ts=payload_ts(pl.col("_ts")))))
 
 
-def _raw_samples(messages: pl.LazyFrame) -> pl.LazyFrame:
+def _raw_samples(messages: pl.LazyFrame, keep_templates: dict | None = None) -> pl.LazyFrame:
     """Every sampledValue of MeterValues, StopTransaction.transactionData and TransactionEvent.meterValue."""
     calls = messages.filter(
         (pl.col("message_type") == "CALL")
@@ -396,7 +403,7 @@ def _raw_samples(messages: pl.LazyFrame) -> pl.LazyFrame:
     # One frame per action, so that each payload is only searched for the fields its action can carry
     # (a when/then evaluates every branch on every row); put back in message order afterwards.
     meter_values = _meter_values_samples(
-        calls.filter(action == "MeterValues").select(*cols, source_action=action, payload="payload")
+        calls.filter(action == "MeterValues").select(*cols, source_action=action, payload="payload"), keep_templates
     )
     others = _finish_samples(_explode_samples(_explode_values(
         pl.concat(
@@ -588,7 +595,8 @@ def derive(messages: pl.LazyFrame, on_step: Callable[[str], None] | None = None)
     step = on_step or (lambda label: None)
     messages = keyed(messages)
     # The samples and the transactions feed several of the derived tables: parse the payloads once.
-    samples = _raw_samples(messages).collect().lazy()
+    kept: dict = {}
+    samples = _raw_samples(messages, kept).collect().lazy()
     step("meter samples")
     tx = pl.concat(
         [_transactions_16(messages), _transactions_2x(messages, samples)], how="diagonal_relaxed"
@@ -631,4 +639,7 @@ def derive(messages: pl.LazyFrame, on_step: Callable[[str], None] | None = None)
         .with_columns(connector_id=pl.coalesce("connector_id", "t_connector"))
         .sort("idx", maintain_order=True)
     )
-    return Derived(_conform(unkeyed(tx), TRANSACTIONS), _conform(unkeyed(meter_values), METER_VALUES), _conform(unkeyed(_statuses(messages)), STATUSES))
+    return Derived(
+        _conform(unkeyed(tx), TRANSACTIONS), _conform(unkeyed(meter_values), METER_VALUES),
+        _conform(unkeyed(_statuses(messages)), STATUSES), kept.get("meter_templates"),
+    )

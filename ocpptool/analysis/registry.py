@@ -88,6 +88,7 @@ class AnalysisContext:
     # Shared intermediate frames, materialised once by :func:`run` (None: each detector builds its own).
     references: pl.LazyFrame | None = None  # transactions.references(messages)
     meter_pairs: pl.LazyFrame | None = None  # meter.pairs on the keyed tables, shared by the meter detectors
+    meter_templates: pl.DataFrame | None = None  # derived.Derived.meter_templates (schema check)
 
 
 @dataclass(frozen=True)
@@ -200,6 +201,7 @@ def run(tables: Tables, options: Options | None = None, *, only: list[str] | Non
         options=options,
         capture_start=ts.min(),
         capture_end=ts.max(),
+        meter_templates=derived.meter_templates,
     )
     chosen = [d for c, d in DETECTORS.items() if only is None or c in only]
     if any(d.code in _USES_REFERENCES for d in chosen):
