@@ -207,6 +207,8 @@ class Derived:
     # MeterValues CALLs cut into templates (``idx``, ``key``: the template's hash, ``template``, ``literals``),
     # for the schema check, which classes payloads the same way
     meter_templates: pl.DataFrame | None = None
+    # their top-level ids read off the templates: ``idx``, ``connector_id``, ``transaction_id`` (references)
+    meter_ids: pl.DataFrame | None = None
 
 
 def _calls(messages: pl.LazyFrame, actions: list[str]) -> pl.LazyFrame:
@@ -232,6 +234,9 @@ def _calls(messages: pl.LazyFrame, actions: list[str]) -> pl.LazyFrame:
 # payload, for a few literal-prefixed regex passes over the text instead of a JSON parse of every payload.
 _STRING = r'"[^"\\{}\[\],\x00\x01\x02]*"'
 _CUTS = {"value": "\x01", "timestamp": "\x02"}  # key -> marker
+
+
+_STRICT_NUMBER = r"-?\d+(?:\.\d*[1-9])?"  # a number as json_path_match prints it (no trailing zeros)
 
 
 def _mv_connector(col: str) -> pl.Expr:
@@ -314,10 +319,6 @@ def _meter_values_samples(rows: pl.LazyFrame, keep_templates: dict | None = None
         .with_columns(**{f"_off_{k}": pl.col(f"_n_{k}").cum_sum() - pl.col(f"_n_{k}") for k in _CUTS})
         .collect()
     )
-    if keep_templates is not None:
-        keep_templates["meter_templates"] = masked.select(
-            "idx", "key", "template", literals=pl.concat_list(*[f"_lit_{k}" for k in _CUTS])
-        )
     templates = masked.group_by("key").agg(
         pl.col("template").first(),
         *[pl.col(f"_n_{k}").min().alias(f"lo_{k}") for k in _CUTS],
@@ -326,7 +327,15 @@ def _meter_values_samples(rows: pl.LazyFrame, keep_templates: dict | None = None
         # top-level scalars: a template holds them as its payloads do (a cut literal holds no quote or comma)
         connector_id=_mv_connector("template"),
         transaction_id=_top_scalar("transactionId", col="template"),
+        events_id=_top_scalar("transactionId", number=_STRICT_NUMBER, col="template"),
     )
+    if keep_templates is not None:
+        keep_templates["meter_templates"] = masked.select(
+            "idx", "key", "template", literals=pl.concat_list(*[f"_lit_{k}" for k in _CUTS])
+        )
+        keep_templates["meter_ids"] = masked.select("idx", "key").join(
+            templates.select("key", "connector_id", "transaction_id", "events_id"), on="key", how="left"
+        ).drop("key")
     # A template is used when each of its payloads gave one literal per marker (a stray marker character in a
     # payload, or a "\u0001" escape that would read as one, sends its payloads to the whole decode below).
     fits = pl.lit(True)
@@ -427,7 +436,7 @@ def _raw_samples(messages: pl.LazyFrame, keep_templates: dict | None = None) -> 
     return meter_values.merge_sorted(others.cast(meter_values.collect_schema()), "_row").drop("_row")
 
 
-def _transactions_16(messages: pl.LazyFrame) -> pl.LazyFrame:
+def _transactions_16(messages: pl.LazyFrame, meter_ids: pl.DataFrame | None = None) -> pl.LazyFrame:
     starts = _calls(messages, ["StartTransaction"]).select(
         "charge_point_id", "conn", "ocpp_version",
         connector_id=_int("$.connectorId"),
@@ -472,9 +481,15 @@ def _transactions_16(messages: pl.LazyFrame) -> pl.LazyFrame:
     )
     # MeterValues naming each id: the regex where it reads the id as json_path_match would (an integer or an
     # escape-free string), json_path_match (slow: it parses the whole payload) only for the rest.
-    meter_values = messages.filter(
-        (pl.col("message_type") == "CALL") & (pl.col("action") == "MeterValues")
-    ).select("charge_point_id", "payload", fast=_top_scalar("transactionId", number=r"-?\d+(?:\.\d*[1-9])?"))
+    meter_values = messages.filter((pl.col("message_type") == "CALL") & (pl.col("action") == "MeterValues"))
+    if meter_ids is None:
+        meter_values = meter_values.select(
+            "charge_point_id", "payload", fast=_top_scalar("transactionId", number=_STRICT_NUMBER)
+        )
+    else:  # read off the templates already (see _meter_values_samples)
+        meter_values = meter_values.select("idx", "charge_point_id", "payload").join(
+            meter_ids.lazy().select("idx", fast="events_id"), on="idx", how="left"
+        )
     events = (
         pl.concat([
             meter_values.filter(pl.col("fast").is_not_null()).select("charge_point_id", transaction_id="fast"),
@@ -599,7 +614,8 @@ def derive(messages: pl.LazyFrame, on_step: Callable[[str], None] | None = None)
     samples = _raw_samples(messages, kept).collect().lazy()
     step("meter samples")
     tx = pl.concat(
-        [_transactions_16(messages), _transactions_2x(messages, samples)], how="diagonal_relaxed"
+        [_transactions_16(messages, kept.get("meter_ids")), _transactions_2x(messages, samples)],
+        how="diagonal_relaxed",
     )
     key = ["charge_point_id", "transaction_id"]
     # A stop-only transaction takes its connector from its meter values; a sample without a connector
@@ -641,5 +657,5 @@ def derive(messages: pl.LazyFrame, on_step: Callable[[str], None] | None = None)
     )
     return Derived(
         _conform(unkeyed(tx), TRANSACTIONS), _conform(unkeyed(meter_values), METER_VALUES),
-        _conform(unkeyed(_statuses(messages)), STATUSES), kept.get("meter_templates"),
+        _conform(unkeyed(_statuses(messages)), STATUSES), kept.get("meter_templates"), kept.get("meter_ids"),
     )

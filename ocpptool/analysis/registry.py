@@ -88,6 +88,7 @@ class AnalysisContext:
     # Shared intermediate frames, materialised once by :func:`run` (None: each detector builds its own).
     references: pl.LazyFrame | None = None  # transactions.references(messages)
     meter_pairs: pl.LazyFrame | None = None  # meter.pairs on the keyed tables, shared by the meter detectors
+    meter_readings: pl.LazyFrame | None = None  # meter.readings on the keyed tables (pairs, energy-implausible)
     meter_templates: pl.DataFrame | None = None  # derived.Derived.meter_templates (schema check)
 
 
@@ -207,12 +208,13 @@ def run(tables: Tables, options: Options | None = None, *, only: list[str] | Non
     if any(d.code in _USES_REFERENCES for d in chosen):
         from .transactions import references
 
-        ctx.references = references(msgs).collect().lazy()
+        ctx.references = references(msgs, derived.meter_ids).collect().lazy()
         timer.step("transaction references")
     if any(d.family == "meter" for d in chosen):
         from .derived import keyed_context
-        from .meter import pairs
+        from .meter import pairs, readings
 
+        ctx.meter_readings = readings(keyed_context(ctx)).collect().lazy()
         ctx.meter_pairs = pairs(keyed_context(ctx)).collect().lazy()
         timer.step("meter pairs")
     plans = [conform_findings(d.fn(ctx), d) for d in chosen]
