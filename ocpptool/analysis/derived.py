@@ -651,7 +651,9 @@ def derive(messages: pl.LazyFrame, on_step: Callable[[str], None] | None = None)
         .agg(t_connector=pl.col("connector_id").drop_nulls().first())
     )
     meter_values = (
-        samples.join(tx_connector, on=key, how="left")
+        # the join keeps the samples' order: the samples of one message stay in document order (the stable
+        # sort alone could not restore it after an unordered join, and reports differed from run to run)
+        samples.join(tx_connector, on=key, how="left", maintain_order="left")
         .with_columns(connector_id=pl.coalesce("connector_id", "t_connector"))
         .sort("idx", maintain_order=True)
     )
