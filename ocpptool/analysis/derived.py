@@ -387,8 +387,9 @@ def _meter_values_samples(rows: pl.LazyFrame, keep_templates: dict | None = None
     whole = _whole_meter_values_samples(
         masked.lazy().join(usable.lazy().select("key"), on="key", how="anti").select(*keep, "payload")
     )
-    # templated rows, then whole-decoded ones: back in message order (a merge of two sorted frames)
-    return templated.merge_sorted(whole, "_row")
+    # templated rows, then whole-decoded ones (few; an anti join need not keep order, a stable sort puts them
+    # back): in message order, a merge of two sorted frames
+    return templated.merge_sorted(whole.sort("_row", maintain_order=True), "_row")
 
 
 def _whole_meter_values_samples(rows: pl.LazyFrame) -> pl.LazyFrame:
@@ -432,8 +433,10 @@ def _raw_samples(messages: pl.LazyFrame, keep_templates: dict | None = None) -> 
         .with_columns(mv=pl.col("arr").str.json_decode(_METER_VALUE_LIST))
         .drop("arr")
     ).with_columns(sample_ts=payload_ts(pl.col("_ts")))))
-    # both in message order, samples of one message in document order: a merge, not a sort
-    return meter_values.merge_sorted(others.cast(meter_values.collect_schema()), "_row").drop("_row")
+    # both in message order (the few others by a stable sort: two actions were concatenated), samples of one
+    # message in document order: a merge, not a sort of every sample
+    others = others.cast(meter_values.collect_schema()).sort("_row", maintain_order=True)
+    return meter_values.merge_sorted(others, "_row").drop("_row")
 
 
 def _transactions_16(messages: pl.LazyFrame, meter_ids: pl.DataFrame | None = None) -> pl.LazyFrame:
