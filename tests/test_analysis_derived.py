@@ -312,3 +312,53 @@ def test_a_log_that_does_not_name_the_charge_point_still_pairs_start_and_stop():
     assert a.transactions.select("charge_point_id", "state", "energy_wh").rows() == [(None, "complete", 90.0)]
     assert a.meter_values["connector_id"].to_list() == [1]
     assert a.findings.filter(pl.col("family").is_in(["transactions", "meter"])).is_empty()
+
+
+TRICKY_METER_VALUES = [
+    # the common layout, twice (one template), and with another transaction and connector
+    '{"connectorId":1,"transactionId":7,"meterValue":[{"timestamp":"2024-05-01T10:00:00Z","sampledValue":'
+    '[{"value":"100","measurand":"Energy.Active.Import.Register","unit":"Wh"},{"value":"7.4","unit":"kW",'
+    '"measurand":"Power.Active.Import"}]}]}',
+    '{"connectorId":1,"transactionId":7,"meterValue":[{"timestamp":"2024-05-01T10:01:00Z","sampledValue":'
+    '[{"value":"200","measurand":"Energy.Active.Import.Register","unit":"Wh"},{"value":"7.5","unit":"kW",'
+    '"measurand":"Power.Active.Import"}]}]}',
+    '{"connectorId":2,"transactionId":"abc","meterValue":[{"timestamp":"2024-05-01T10:01:00Z","sampledValue":'
+    '[{"value":" 300 ","measurand":"Energy.Active.Import.Register","unit":"Wh"}]}]}',
+    # whitespace, key order, several meterValues, defaults, numbers, a timestamp that is not a string
+    '{ "meterValue" : [ { "sampledValue" : [ { "unit" : "kWh" , "value" : "1.25" } ] , "timestamp" : '
+    '"2024-05-01T10:02:00+02:00" }, {"timestamp": 0, "sampledValue": [{"value": 12.50}]} ], "connectorId" : 3 }',
+    '{"evseId":1,"meterValue":[{"timestamp":"2024-05-01T10:03:00Z","sampledValue":[{"value":232.5,'
+    '"unitOfMeasure":{"unit":"kW","multiplier":1}},{"value":"x","context":"Sample.Clock"}]}]}',
+    # escapes, structural characters and marker characters inside strings, an escaped marker
+    '{"connectorId":1,"meterValue":[{"timestamp":"2024-05-01T10:04:00Z","sampledValue":[{"value":"1\\"2"},'
+    '{"value":"3,4"},{"value":"5}"},{"value":"\\u00016"},{"value":"[7]"},{"value":"\\u00029"}]}]}',
+    # empty and missing arrays, a wrong shape (dropped by the guard), duplicate keys
+    '{"connectorId":1,"meterValue":[]}',
+    '{"connectorId":1,"meterValue":[{"timestamp":"2024-05-01T10:05:00Z","sampledValue":[]}]}',
+    '{"connectorId":1,"meterValue":[{"timestamp":"2024-05-01T10:05:00Z","sampledValue":{"value":"1"}}]}',
+    '{"connectorId":1,"meterValue":[{"timestamp":"2024-05-01T10:06:00Z","sampledValue":[{"value":"1",'
+    '"value":"2"}]}]}',
+    '{"connectorId":1}',
+]
+
+
+def test_meter_values_read_through_templates_equal_decoding_every_payload_whole():
+    """Reading MeterValues through shared templates gives exactly the samples a JSON decode of each payload gives."""
+    from ocpptool.analysis.derived import _meter_values_samples, _whole_meter_values_samples
+
+    payloads = TRICKY_METER_VALUES * 3
+    rows = pl.LazyFrame(
+        {
+            "_row": pl.Series(range(len(payloads)), dtype=pl.UInt32),
+            "idx": range(len(payloads)),
+            "charge_point_id": ["CP"] * len(payloads),
+            "conn": ["c"] * len(payloads),
+            "ts": [at(i) for i in range(len(payloads))],
+            "source_action": ["MeterValues"] * len(payloads),
+            "payload": payloads,
+        }
+    )
+    fast = _meter_values_samples(rows).collect()
+    slow = _whole_meter_values_samples(rows).collect()
+    assert fast.height > 30
+    assert_frame_equal(fast, slow)

@@ -233,6 +233,22 @@ def test_blurring_digits_never_hides_a_violation():
     assert flagged(t) == {i: len(e) for i, e in expected.items()}
 
 
+def test_meter_values_classed_by_template_get_exact_verdicts():
+    """MeterValues classed through their templates (values and timestamps cut out) get row-by-row verdicts."""
+
+    def mv(value: object, stamp: object = "2026-01-05T10:00:00Z", phase: str = "L1", **extra) -> str:
+        sample = {"value": value, "measurand": "Voltage", "phase": phase, "unit": "V", **extra}
+        return call("m", "MeterValues", {"connectorId": 1, "meterValue": [{"timestamp": stamp, "sampledValue": [sample]}]})
+
+    variants = [mv("230"), mv("23.5"), mv("2350"), mv("L1"), mv("L4"), mv("abc"), mv("12", "2026-01-05T10:00:00.5Z"),
+                mv("12", "2026-01-05T10:00:00+01:00"), mv("12", "yesterday"), mv("12", 5), mv("12", phase="L4"),
+                mv("12", context="Sample.Periodik"), mv("12", context="Sample.Periodic"), mv(12), mv("")]  # fmt: skip
+    t = frames(*[up(i, v) for i, v in enumerate(variants)])
+    expected = naive(t)
+    assert set(expected) >= {9, 10, 11, 13}
+    assert flagged(t) == {i: len(e) for i, e in expected.items()}
+
+
 def test_unicode_escapes_do_not_blur_string_lengths():
     """Two escapes count as two characters, one surrogate pair as one: CiString20 verdicts stay exact."""
     pair, two = "\\ud83d\\ude00", "\\u0041\\u0042"

@@ -142,15 +142,15 @@ def _num(path: str, col: str = "payload") -> pl.Expr:
     return _j(path, col).str.strip_chars().cast(pl.Float64, strict=False)
 
 
-def _top_int(key: str) -> pl.Expr:
+def _top_int(key: str, col: str = "payload") -> pl.Expr:
     """An integer field of a key that occurs once in a payload, by regex (quoted or ``1.0`` forms too)."""
-    raw = pl.col("payload").str.extract(rf'"{key}"\s*:\s*"?(-?\d+)(?:\.0*)?"?\s*[,}}]', 1)
+    raw = pl.col(col).str.extract(rf'"{key}"\s*:\s*"?(-?\d+)(?:\.0*)?"?\s*[,}}]', 1)
     return raw.cast(pl.Int64, strict=False)
 
 
-def _top_scalar(key: str) -> pl.Expr:
+def _top_scalar(key: str, number: str = r"-?\d+(?:\.\d+)?", col: str = "payload") -> pl.Expr:
     """A number or escape-free string field of a key that occurs once, by regex, as json_path_match gives it."""
-    m = pl.col("payload").str.extract_groups(rf'"{key}"\s*:\s*(?:"([^"\\]*)"|(-?\d+(?:\.\d+)?))\s*[,}}]')
+    m = pl.col(col).str.extract_groups(rf'"{key}"\s*:\s*(?:"([^"\\]*)"|({number}))\s*[,}}]')
     return pl.coalesce(m.struct.field("1"), m.struct.field("2"))
 
 
@@ -204,6 +204,11 @@ class Derived:
     transactions: pl.LazyFrame
     meter_values: pl.LazyFrame
     statuses: pl.LazyFrame
+    # MeterValues CALLs cut into templates (``idx``, ``key``: the template's hash, ``template``, ``literals``),
+    # for the schema check, which classes payloads the same way
+    meter_templates: pl.DataFrame | None = None
+    # their top-level ids read off the templates: ``idx``, ``connector_id``, ``transaction_id`` (references)
+    meter_ids: pl.DataFrame | None = None
 
 
 def _calls(messages: pl.LazyFrame, actions: list[str]) -> pl.LazyFrame:
@@ -220,7 +225,184 @@ def _calls(messages: pl.LazyFrame, actions: list[str]) -> pl.LazyFrame:
     )
 
 
-def _raw_samples(messages: pl.LazyFrame) -> pl.LazyFrame:
+# MeterValues payloads (the bulk of a fleet's traffic) are decoded through templates: a fleet sends the same
+# few layouts over and over and only the sampled values and the timestamps change. Each escape-free string
+# after "value" (or "timestamp") is cut out into a list of literals and replaced by a marker; the few distinct
+# templates are json_decoded (their markers numbered), and the literals are put back by number. A literal
+# never holds a structural character, so a template keeps every bracket, key and comma of its payloads and
+# decodes (and passes the shape guard) exactly when they would: the result equals json_decode of every
+# payload, for a few literal-prefixed regex passes over the text instead of a JSON parse of every payload.
+_STRING = r'"[^"\\{}\[\],\x00\x01\x02]*"'
+_CUTS = {"value": "\x01", "timestamp": "\x02"}  # key -> marker
+
+
+_STRICT_NUMBER = r"-?\d+(?:\.\d*[1-9])?"  # a number as json_path_match prints it (no trailing zeros)
+
+
+def _mv_connector(col: str) -> pl.Expr:
+    """A MeterValues payload's connector (1.6) or EVSE (2.x). Its top-level scalars (no nested key has these
+    names) are read by regex, ~10x cheaper than json_path_match, which re-parses the payload for every field."""
+    return pl.coalesce(_top_int("connectorId", col), _top_int("evseId", col))
+
+
+def _numbered(template: str) -> str:
+    """Number each kind of marker in order, as JSON escapes (``\\u00013`` decodes to ``"\x013"``)."""
+    for mark in _CUTS.values():
+        parts = template.split(mark)
+        escape = f"\\u{ord(mark):04x}"
+        template = parts[0] + "".join(f"{escape}{i}{part}" for i, part in enumerate(parts[1:]))
+    return template
+
+
+def _explode_values(frame: pl.LazyFrame) -> pl.LazyFrame:
+    """Rows with ``mv`` (a meterValue list) -> one row per meterValue: ``_ts`` (text) and ``sv`` (its list)."""
+    return (
+        frame.explode("mv")
+        .filter(pl.col("mv").is_not_null())
+        .with_columns(_ts=pl.col("mv").struct.field("timestamp"), sv=pl.col("mv").struct.field("sampledValue"))
+        .drop("mv")
+    )
+
+
+def _explode_samples(frame: pl.LazyFrame) -> pl.LazyFrame:
+    """One row per sampledValue, its fields read with the OCPP 1.6 defaults (``_value``: the value's text)."""
+    sv = pl.col("sv")
+    unit = pl.coalesce(sv.struct.field("unit"), sv.struct.field("unitOfMeasure").struct.field("unit"), pl.lit("Wh"))
+    multiplier = sv.struct.field("unitOfMeasure").struct.field("multiplier").cast(pl.Float64, strict=False)
+    return (
+        frame.explode("sv")
+        .filter(sv.is_not_null())
+        .with_columns(
+            measurand=pl.coalesce(sv.struct.field("measurand"), pl.lit(ENERGY_REGISTER)),
+            phase=sv.struct.field("phase"),
+            unit=unit,
+            context=pl.coalesce(sv.struct.field("context"), pl.lit("Sample.Periodic")),
+            location=pl.coalesce(sv.struct.field("location"), pl.lit("Outlet")),
+            _value=sv.struct.field("value"),
+            _scale=pl.when(unit.is_in(KILO_UNITS)).then(1000.0).otherwise(1.0)
+            * pl.lit(10.0).pow(multiplier.fill_null(0.0)),
+        )
+        .drop("sv")
+    )
+
+
+_SAMPLE_COLUMNS = ["idx", "charge_point_id", "conn", "connector_id", "transaction_id", "ts", "sample_ts", "measurand",
+                   "phase", "unit", "context", "location", "raw_value", "value", "source_action", "resolution"]
+
+
+def _finish_samples(frame: pl.LazyFrame) -> pl.LazyFrame:
+    """``_value`` text and ``_scale`` -> raw_value, value (normalised) and resolution; the output columns."""
+    raw = pl.col("_value").str.strip_chars()
+    decimals = pl.col("raw_value").str.extract(r"^[-+]?\d*\.(\d+)$", 1).str.len_chars().fill_null(0)
+    return (
+        frame.with_columns(raw_value=raw)
+        .with_columns(
+            value=(pl.col("raw_value").cast(pl.Float64, strict=False) * pl.col("_scale")).round(6),
+            resolution=pl.lit(10.0).pow(-decimals.cast(pl.Float64)) * pl.col("_scale"),
+        )
+        .select("_row", *_SAMPLE_COLUMNS)
+    )
+
+
+def _meter_values_samples(rows: pl.LazyFrame, keep_templates: dict | None = None) -> pl.LazyFrame:
+    """MeterValues rows (with ``payload``) -> their sampled values (see the comment above :data:`_CUTS`)."""
+    p = pl.col("payload")
+    template = p
+    for key, mark in _CUTS.items():
+        template = template.str.replace_all(f'"{key}":{_STRING}', f'"{key}":"{mark}"')
+    masked = (
+        rows.with_columns(
+            template=template,
+            **{f"_lit_{key}": p.str.extract_all(f'"{key}":{_STRING}') for key in _CUTS},
+        )
+        .with_columns(key=pl.col("template").hash(), **{f"_n_{k}": pl.col(f"_lit_{k}").list.len() for k in _CUTS})
+        .with_columns(**{f"_off_{k}": pl.col(f"_n_{k}").cum_sum() - pl.col(f"_n_{k}") for k in _CUTS})
+        .collect()
+    )
+    templates = masked.group_by("key").agg(
+        pl.col("template").first(),
+        *[pl.col(f"_n_{k}").min().alias(f"lo_{k}") for k in _CUTS],
+        *[pl.col(f"_n_{k}").max().alias(f"hi_{k}") for k in _CUTS],
+    ).with_columns(
+        # top-level scalars: a template holds them as its payloads do (a cut literal holds no quote or comma)
+        connector_id=_mv_connector("template"),
+        transaction_id=_top_scalar("transactionId", col="template"),
+        events_id=_top_scalar("transactionId", number=_STRICT_NUMBER, col="template"),
+    )
+    if keep_templates is not None:
+        keep_templates["meter_templates"] = masked.select(
+            "idx", "key", "template", literals=pl.concat_list(*[f"_lit_{k}" for k in _CUTS])
+        )
+        keep_templates["meter_ids"] = masked.select("idx", "key").join(
+            templates.select("key", "connector_id", "transaction_id", "events_id"), on="key", how="left"
+        ).drop("key")
+    # A template is used when each of its payloads gave one literal per marker (a stray marker character in a
+    # payload, or a "\u0001" escape that would read as one, sends its payloads to the whole decode below).
+    fits = pl.lit(True)
+    for k, mark in _CUTS.items():
+        marks = pl.col("template").str.count_matches(mark, literal=True)
+        fits = fits & (marks == pl.col(f"lo_{k}")) & (marks == pl.col(f"hi_{k}"))
+        fits = fits & ~pl.col("template").str.contains(f"\\u{ord(mark):04x}", literal=True)
+    usable = templates.filter(fits).with_columns(text=pl.col("template").map_elements(_numbered, return_dtype=pl.String))
+
+    def number(text: pl.Expr, mark: str) -> pl.Expr:
+        return pl.when(text.str.starts_with(mark)).then(text.str.slice(1).cast(pl.Int64, strict=False))
+
+    # one row per sample of each template, in document order, with the literal numbers of its time and value
+    per_template = (
+        _explode_samples(
+            _explode_values(
+                usable.lazy().filter(_decodable_payload(pl.col("text"))).select(
+                    "key", mv=pl.col("text").str.json_decode(_METER_VALUES_PAYLOAD).struct.field("meterValue")
+                )
+            ).with_columns(
+                _ts_n=number(pl.col("_ts"), _CUTS["timestamp"]),
+                _ts_fixed=pl.when(~pl.col("_ts").str.starts_with(_CUTS["timestamp"])).then(payload_ts(pl.col("_ts"))),
+            )
+        )
+        .with_columns(_v_n=number(pl.col("_value"), _CUTS["value"]),
+                      _value=pl.when(~pl.col("_value").str.starts_with(_CUTS["value"])).then(pl.col("_value")))
+        .drop("_ts")
+        .collect()
+    )
+    keep = [c for c in rows.collect_schema().names() if c != "payload"]
+    samples = (
+        masked.select(*keep, "key", "_off_value", "_off_timestamp")
+        .join(templates.select("key", "connector_id", "transaction_id"), on="key", how="left")
+        .join(per_template, on="key", how="inner", maintain_order="left_right")
+    )
+
+    def flat(key: str) -> pl.Series:
+        return masked[f"_lit_{key}"].list.explode(keep_nulls=False, empty_as_null=False).str.slice(len(key) + 4).str.strip_suffix('"')
+
+    values, stamps = flat("value"), flat("timestamp")
+    samples = samples.with_columns(
+        sample_ts=pl.coalesce(
+            pl.select(payload_ts(pl.lit(stamps))).to_series().gather(samples["_off_timestamp"] + samples["_ts_n"]),
+            pl.col("_ts_fixed"),
+        ),
+        _value=pl.coalesce(values.gather(samples["_off_value"] + samples["_v_n"]), pl.col("_value")),
+    )
+    templated = _finish_samples(samples.lazy())
+    whole = _whole_meter_values_samples(
+        masked.lazy().join(usable.lazy().select("key"), on="key", how="anti").select(*keep, "payload")
+    )
+    # templated rows, then whole-decoded ones (few; an anti join need not keep order, a stable sort puts them
+    # back): in message order, a merge of two sorted frames
+    return templated.merge_sorted(whole.sort("_row", maintain_order=True), "_row")
+
+
+def _whole_meter_values_samples(rows: pl.LazyFrame) -> pl.LazyFrame:
+    """MeterValues rows -> their sampled values, each payload json_decoded whole (the reference for templates)."""
+    keep = [c for c in rows.collect_schema().names() if c != "payload"]
+    return _finish_samples(_explode_samples(_explode_values(
+        rows.filter(_decodable_payload(pl.col("payload")))
+        .select(*keep, connector_id=_mv_connector("payload"), transaction_id=_top_scalar("transactionId"),
+                mv=pl.col("payload").str.json_decode(_METER_VALUES_PAYLOAD).struct.field("meterValue"))
+    ).with_columns(sample_ts=payload_ts(pl.col("_ts")))))
+
+
+def _raw_samples(messages: pl.LazyFrame, keep_templates: dict | None = None) -> pl.LazyFrame:
     """Every sampledValue of MeterValues, StopTransaction.transactionData and TransactionEvent.meterValue."""
     calls = messages.filter(
         (pl.col("message_type") == "CALL")
@@ -230,22 +412,10 @@ def _raw_samples(messages: pl.LazyFrame) -> pl.LazyFrame:
     cols = ("_row", "idx", "charge_point_id", "conn", "ts")
     # One frame per action, so that each payload is only searched for the fields its action can carry
     # (a when/then evaluates every branch on every row); put back in message order afterwards.
-    # MeterValues (the bulk): one JSON decode of the whole payload instead of a path match for the array
-    # and a second decode of it; unknown keys are ignored, the textual guard keeps odd shapes out.
-    meter_values = (
-        calls.filter(action == "MeterValues")
-        .select(
-            *cols, source_action=action,
-            # Top-level scalars of a MeterValues payload (no nested key has these names): a regex is ~10x
-            # cheaper than json_path_match, which re-parses the whole payload for every field.
-            connector_id=pl.coalesce(_top_int("connectorId"), _top_int("evseId")),
-            transaction_id=_top_scalar("transactionId"), payload="payload",
-        )
-        .filter(_decodable_payload(pl.col("payload")))
-        .with_columns(mv=pl.col("payload").str.json_decode(_METER_VALUES_PAYLOAD).struct.field("meterValue"))
-        .drop("payload")
+    meter_values = _meter_values_samples(
+        calls.filter(action == "MeterValues").select(*cols, source_action=action, payload="payload"), keep_templates
     )
-    others = (
+    others = _finish_samples(_explode_samples(_explode_values(
         pl.concat(
             [
                 calls.filter(action == "StopTransaction").select(
@@ -262,40 +432,14 @@ def _raw_samples(messages: pl.LazyFrame) -> pl.LazyFrame:
         .filter(_decodable(pl.col("arr")))
         .with_columns(mv=pl.col("arr").str.json_decode(_METER_VALUE_LIST))
         .drop("arr")
-    )
-    per_action = pl.concat([meter_values, others], how="vertical_relaxed").sort("_row").drop("_row")
-    sv = pl.col("sv")
-    unit = pl.coalesce(sv.struct.field("unit"), sv.struct.field("unitOfMeasure").struct.field("unit"), pl.lit("Wh"))
-    multiplier = sv.struct.field("unitOfMeasure").struct.field("multiplier").cast(pl.Float64, strict=False)
-    raw = sv.struct.field("value").str.strip_chars()
-    scale = pl.when(unit.is_in(KILO_UNITS)).then(1000.0).otherwise(1.0) * pl.lit(10.0).pow(multiplier.fill_null(0.0))
-    decimals = raw.str.extract(r"^[-+]?\d*\.(\d+)$", 1).str.len_chars().fill_null(0)
-    return (
-        per_action
-        .explode("mv")
-        .filter(pl.col("mv").is_not_null())
-        .with_columns(
-            sample_ts=payload_ts(pl.col("mv").struct.field("timestamp")),
-            sv=pl.col("mv").struct.field("sampledValue"),
-        )
-        .explode("sv")
-        .filter(pl.col("sv").is_not_null())
-        .select(
-            "idx", "charge_point_id", "conn", "connector_id", "transaction_id", "ts", "sample_ts",
-            measurand=pl.coalesce(sv.struct.field("measurand"), pl.lit(ENERGY_REGISTER)),
-            phase=sv.struct.field("phase"),
-            unit=unit,
-            context=pl.coalesce(sv.struct.field("context"), pl.lit("Sample.Periodic")),
-            location=pl.coalesce(sv.struct.field("location"), pl.lit("Outlet")),
-            raw_value=raw,
-            value=(raw.cast(pl.Float64, strict=False) * scale).round(6),
-            source_action="source_action",
-            resolution=pl.lit(10.0).pow(-decimals.cast(pl.Float64)) * scale,
-        )
-    )
+    ).with_columns(sample_ts=payload_ts(pl.col("_ts")))))
+    # both in message order (the few others by a stable sort: two actions were concatenated), samples of one
+    # message in document order: a merge, not a sort of every sample
+    others = others.cast(meter_values.collect_schema()).sort("_row", maintain_order=True)
+    return meter_values.merge_sorted(others, "_row").drop("_row")
 
 
-def _transactions_16(messages: pl.LazyFrame) -> pl.LazyFrame:
+def _transactions_16(messages: pl.LazyFrame, meter_ids: pl.DataFrame | None = None) -> pl.LazyFrame:
     starts = _calls(messages, ["StartTransaction"]).select(
         "charge_point_id", "conn", "ocpp_version",
         connector_id=_int("$.connectorId"),
@@ -338,9 +482,23 @@ def _transactions_16(messages: pl.LazyFrame) -> pl.LazyFrame:
     unmatched = stops.join(pairs.select("stop_idx"), on="stop_idx", how="anti").with_columns(
         conn="s_conn", ocpp_version="s_version"
     )
+    # MeterValues naming each id: the regex where it reads the id as json_path_match would (an integer or an
+    # escape-free string), json_path_match (slow: it parses the whole payload) only for the rest.
+    meter_values = messages.filter((pl.col("message_type") == "CALL") & (pl.col("action") == "MeterValues"))
+    if meter_ids is None:
+        meter_values = meter_values.select(
+            "charge_point_id", "payload", fast=_top_scalar("transactionId", number=_STRICT_NUMBER)
+        )
+    else:  # read off the templates already (see _meter_values_samples)
+        meter_values = meter_values.select("idx", "charge_point_id", "payload").join(
+            meter_ids.lazy().select("idx", fast="events_id"), on="idx", how="left"
+        )
     events = (
-        messages.filter((pl.col("message_type") == "CALL") & (pl.col("action") == "MeterValues"))
-        .select("charge_point_id", transaction_id=_j("$.transactionId"))
+        pl.concat([
+            meter_values.filter(pl.col("fast").is_not_null()).select("charge_point_id", transaction_id="fast"),
+            meter_values.filter(pl.col("fast").is_null() & pl.col("payload").str.contains('"transactionId"', literal=True))
+            .select("charge_point_id", transaction_id=_j("$.transactionId")),
+        ])
         .filter(pl.col("transaction_id").is_not_null())
         .group_by(key)
         .agg(events=pl.len())
@@ -447,13 +605,20 @@ def _conform(lf: pl.LazyFrame, schema: dict[str, pl.DataType]) -> pl.LazyFrame:
     )
 
 
-def derive(messages: pl.LazyFrame) -> Derived:
-    """Build the transactions, meter_values and statuses tables (lazy) from the messages table."""
+def derive(messages: pl.LazyFrame, on_step: Callable[[str], None] | None = None) -> Derived:
+    """Build the transactions, meter_values and statuses tables (lazy) from the messages table.
+
+    ``on_step(label)`` is called after each materialised step (timing).
+    """
+    step = on_step or (lambda label: None)
     messages = keyed(messages)
     # The samples and the transactions feed several of the derived tables: parse the payloads once.
-    samples = _raw_samples(messages).collect().lazy()
+    kept: dict = {}
+    samples = _raw_samples(messages, kept).collect().lazy()
+    step("meter samples")
     tx = pl.concat(
-        [_transactions_16(messages), _transactions_2x(messages, samples)], how="diagonal_relaxed"
+        [_transactions_16(messages, kept.get("meter_ids")), _transactions_2x(messages, samples)],
+        how="diagonal_relaxed",
     )
     key = ["charge_point_id", "transaction_id"]
     # A stop-only transaction takes its connector from its meter values; a sample without a connector
@@ -482,14 +647,20 @@ def derive(messages: pl.LazyFrame) -> Derived:
         .collect()
         .lazy()
     )
+    step("transactions")
     tx_connector = (
         tx.filter(pl.col("transaction_id").is_not_null())
         .group_by(key)
         .agg(t_connector=pl.col("connector_id").drop_nulls().first())
     )
     meter_values = (
-        samples.join(tx_connector, on=key, how="left")
+        # the join keeps the samples' order: the samples of one message stay in document order (the stable
+        # sort alone could not restore it after an unordered join, and reports differed from run to run)
+        samples.join(tx_connector, on=key, how="left", maintain_order="left")
         .with_columns(connector_id=pl.coalesce("connector_id", "t_connector"))
         .sort("idx", maintain_order=True)
     )
-    return Derived(_conform(unkeyed(tx), TRANSACTIONS), _conform(unkeyed(meter_values), METER_VALUES), _conform(unkeyed(_statuses(messages)), STATUSES))
+    return Derived(
+        _conform(unkeyed(tx), TRANSACTIONS), _conform(unkeyed(meter_values), METER_VALUES),
+        _conform(unkeyed(_statuses(messages)), STATUSES), kept.get("meter_templates"), kept.get("meter_ids"),
+    )

@@ -22,7 +22,12 @@ SERIES = ["charge_point_id", "connector_id", "phase", "location"]
 
 
 def readings(ctx: AnalysisContext) -> pl.LazyFrame:
-    """The register series: samples plus 1.6 meterStart/meterStop, with ``tx`` (the transaction they belong to)."""
+    """The register series: samples plus 1.6 meterStart/meterStop, with ``tx`` (the transaction they belong to).
+
+    Built once per analysis by :func:`registry.run` (``ctx.meter_readings``) for the meter detectors.
+    """
+    if ctx.meter_readings is not None:
+        return ctx.meter_readings
     samples = (
         ctx.meter_values.filter(
             (pl.col("measurand") == ENERGY_REGISTER) & pl.col("value").is_not_null()

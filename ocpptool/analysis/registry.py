@@ -17,6 +17,9 @@ Modules register their detectors on import; :data:`FAMILIES` lists them in repor
 
 from __future__ import annotations
 
+import os
+import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 
@@ -85,6 +88,8 @@ class AnalysisContext:
     # Shared intermediate frames, materialised once by :func:`run` (None: each detector builds its own).
     references: pl.LazyFrame | None = None  # transactions.references(messages)
     meter_pairs: pl.LazyFrame | None = None  # meter.pairs on the keyed tables, shared by the meter detectors
+    meter_readings: pl.LazyFrame | None = None  # meter.readings on the keyed tables (pairs, energy-implausible)
+    meter_templates: pl.DataFrame | None = None  # derived.Derived.meter_templates (schema check)
 
 
 @dataclass(frozen=True)
@@ -144,6 +149,31 @@ def _load_detectors() -> None:
     from . import connectivity, meter, protocol, time, transactions  # noqa: F401 - registration
 
 
+class _Timer:
+    """Per-step wall and CPU seconds on stderr when ``OCPPTOOL_TIMINGS=1`` (for the analysis benchmark).
+
+    Timed runs collect each detector on its own, so shared plan nodes are computed once per detector that
+    reads them: the per-detector figures then include their share of that work, and their sum exceeds the
+    untimed total.
+    """
+
+    def __init__(self) -> None:
+        self.enabled = os.environ.get("OCPPTOOL_TIMINGS", "") not in ("", "0")
+        self._last = self._now()
+
+    @staticmethod
+    def _now() -> tuple[float, float]:
+        t = os.times()
+        return time.perf_counter(), t.user + t.system
+
+    def step(self, label: str) -> None:
+        if self.enabled:
+            now = self._now()
+            wall, cpu = now[0] - self._last[0], now[1] - self._last[1]
+            print(f"timing {label:34s} wall {wall:7.3f} s  cpu {cpu:7.3f} s", file=sys.stderr, flush=True)
+            self._last = self._now()
+
+
 _USES_REFERENCES = {"unknown-transaction", "duplicate-transaction", "invalid-transaction-id", "event-after-end"}
 
 
@@ -152,14 +182,16 @@ def run(tables: Tables, options: Options | None = None, *, only: list[str] | Non
     from .derived import derive
 
     _load_detectors()
+    timer = _Timer()
     options = options or Options()
     msgs = tables.messages.lazy()
-    derived = derive(msgs)
+    derived = derive(msgs, on_step=timer.step)
     # Materialise the derived tables once: every detector reads them, and re-deriving them per detector
     # (a lazy plan per consumer) would parse the payloads many times over.
     transactions, meter_values, statuses = pl.collect_all(
         [derived.transactions, derived.meter_values, derived.statuses]
     )
+    timer.step("derived tables")
     ts = tables.messages["ts"]
     ctx = AnalysisContext(
         messages=msgs,
@@ -170,26 +202,38 @@ def run(tables: Tables, options: Options | None = None, *, only: list[str] | Non
         options=options,
         capture_start=ts.min(),
         capture_end=ts.max(),
+        meter_templates=derived.meter_templates,
     )
     chosen = [d for c, d in DETECTORS.items() if only is None or c in only]
     if any(d.code in _USES_REFERENCES for d in chosen):
         from .transactions import references
 
-        ctx.references = references(msgs).collect().lazy()
+        ctx.references = references(msgs, derived.meter_ids).collect().lazy()
+        timer.step("transaction references")
     if any(d.family == "meter" for d in chosen):
         from .derived import keyed_context
-        from .meter import pairs
+        from .meter import pairs, readings
 
+        ctx.meter_readings = readings(keyed_context(ctx)).collect().lazy()
         ctx.meter_pairs = pairs(keyed_context(ctx)).collect().lazy()
+        timer.step("meter pairs")
     plans = [conform_findings(d.fn(ctx), d) for d in chosen]
-    found = pl.collect_all(plans) if plans else []
+    if timer.enabled:
+        found = []
+        for d, plan in zip(chosen, plans, strict=True):
+            found.append(plan.collect())
+            timer.step(d.code)
+    else:
+        found = pl.collect_all(plans) if plans else []
     findings = (
         pl.concat(found, how="vertical") if found else pl.DataFrame(schema=FINDINGS)
     ).with_columns(_rank=pl.col("severity").replace_strict(SEVERITY_RANK, default=9))
-    # Fully ordered (first evidence row breaks ties), so the same input always gives the same report.
+    # Fully ordered (first evidence row, then the summary, break ties: one message can break a schema in
+    # several ways), so the same input always gives the same report.
     findings = (
         findings.with_columns(_first=pl.col("evidence").list.first())
-        .sort(["_rank", "code", "ts", "charge_point_id", "_first", "transaction_id"], nulls_last=True)
+        .sort(["_rank", "code", "ts", "charge_point_id", "_first", "transaction_id", "summary"], nulls_last=True)
         .drop("_rank", "_first")
     )
+    timer.step("findings sorted")
     return Analysis(findings, transactions, meter_values, statuses, tables, options)

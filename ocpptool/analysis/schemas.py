@@ -199,8 +199,49 @@ def _verdict(frame: pl.LazyFrame) -> pl.LazyFrame:
     ).unnest("v")
 
 
-def violations(messages: pl.LazyFrame, evidence_cap: int = 20) -> pl.LazyFrame:
-    """schema-violation findings for CALL and CALLRESULT payloads (see the module docstring)."""
+def _meter_values_keys(rows: pl.LazyFrame, meter_templates: pl.DataFrame) -> pl.LazyFrame:
+    """Class keys of MeterValues rows from their templates (see :mod:`.derived`): no text pass over them.
+
+    A payload is its template with its literals (``"key":"escape-free string"``) put back. Every match of
+    :func:`canonical` lies within the template or within one quoted literal, so the canonical template and
+    the canonical quoted literals together determine the canonical payload: equal pairs, equal class. A
+    literal's canonical form is read off cheaply where its shape fixes it: all digits with at most one point
+    (length and point position; no enum value has that shape) or a UTC timestamp (length); any other literal
+    is keyed by its own hash, a finer class than needed (more validations, never a wrong verdict).
+    """
+    templates = meter_templates.lazy()
+    canonical_templates = (
+        templates.group_by("key").agg(pl.col("template").first())
+        .select("key", t=canonical(pl.col("template")).hash())
+    )
+    e = pl.element()
+    shape = (
+        pl.when(e.str.contains(r'^"value":"[0-9]+(?:\.[0-9]+)?"$'))
+        .then(e.str.len_bytes().cast(pl.UInt64) * 64 + e.str.find(".", literal=True).fill_null(63).cast(pl.UInt64))
+        .when(e.str.contains(r'^"timestamp":"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?Z"$'))
+        .then(e.str.len_bytes().cast(pl.UInt64) + 1_000_000)
+        .otherwise(e.hash())
+    )
+    keys = (
+        templates.select("idx", "key", lits=pl.col("literals").list.eval(shape).hash())
+        .join(canonical_templates, on="key")
+        .select("idx", key=pl.struct("t", "lits").hash())
+    )
+    return (
+        rows.select("dir", "schema", "exact", "idx")
+        .join(keys, on="idx")
+        .unique(subset=["dir", "schema", "exact"], keep="first")
+    )
+
+
+def violations(
+    messages: pl.LazyFrame, evidence_cap: int = 20, meter_templates: pl.DataFrame | None = None
+) -> pl.LazyFrame:
+    """schema-violation findings for CALL and CALLRESULT payloads (see the module docstring).
+
+    ``meter_templates`` (from :func:`.derived.derive`) lets MeterValues payloads be classed without a pass
+    over their text.
+    """
     kind = pl.when(pl.col("message_type") == "CALL").then(pl.lit("request")).otherwise(pl.lit("response"))
     d = pl.col("ocpp_version").replace_strict(VERSION_DIRS, default=None)
     suffix = (
@@ -224,13 +265,26 @@ def violations(messages: pl.LazyFrame, evidence_cap: int = 20) -> pl.LazyFrame:
         .with_columns(exact=pl.col("payload").hash())
     )
     # exact duplicates first (Heartbeat {} is one validation for a million rows), then classes
+    templated = None
+    if meter_templates is not None:
+        templated = _meter_values_keys(rows.filter(pl.col("action") == "MeterValues"), meter_templates)
+        rows_left = rows.join(meter_templates.lazy().select("idx"), on="idx", how="anti")
+    else:
+        rows_left = rows
     distinct = (
-        rows.group_by("dir", "schema", "exact")
-        .agg(payload=pl.col("payload").first())
-        .with_columns(key=canonical(pl.col("payload")).hash())
-        .cache()  # read three times below: hash and canonicalise each distinct payload once
+        rows_left.group_by("dir", "schema", "exact")
+        .agg(pl.col("idx").first(), payload=pl.col("payload").first())
+        .select("dir", "schema", "exact", "idx", key=canonical(pl.col("payload")).hash())
     )
-    classes = _verdict(distinct.group_by("dir", "schema", "key").agg(payload=pl.col("payload").first()))
+    if templated is not None:
+        distinct = pl.concat([distinct, templated], how="vertical_relaxed")
+    distinct = distinct.cache()  # read three times below: hash and canonicalise each distinct payload once
+    # Payloads are fetched back by idx only for what is validated: one representative per class, and the
+    # members of the classes that must be split.
+    payloads = messages.select("idx", "payload")
+    classes = _verdict(
+        distinct.group_by("dir", "schema", "key").agg(pl.col("idx").first()).join(payloads, on="idx")
+    )
     plain = classes.filter(~pl.col("sensitive"), pl.col("errors").list.len() > 0).select(
         "dir", "schema", "key", "errors"
     )
@@ -238,7 +292,7 @@ def violations(messages: pl.LazyFrame, evidence_cap: int = 20) -> pl.LazyFrame:
     failing = pl.concat(
         [
             distinct.join(plain, on=["dir", "schema", "key"]).select("dir", "schema", "exact", "errors"),
-            _verdict(distinct.join(split, on=["dir", "schema", "key"]))
+            _verdict(distinct.join(split, on=["dir", "schema", "key"]).join(payloads, on="idx"))
             .filter(pl.col("errors").list.len() > 0)
             .select("dir", "schema", "exact", "errors"),
         ]

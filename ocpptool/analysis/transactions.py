@@ -48,7 +48,7 @@ def is_sentinel(tid: pl.Expr) -> pl.Expr:
     return t.is_in(SENTINEL_IDS) | (t.cast(pl.Float64, strict=False) <= 0)
 
 
-def references(messages: pl.LazyFrame) -> pl.LazyFrame:
+def references(messages: pl.LazyFrame, meter_ids: pl.DataFrame | None = None) -> pl.LazyFrame:
     """Messages that name a transaction id after its start: MeterValues, StopTransaction, TransactionEvent.
 
     ``event_type`` is only read for TransactionEvent (the only action that has one). :func:`registry.run`
@@ -63,11 +63,19 @@ def references(messages: pl.LazyFrame) -> pl.LazyFrame:
     cols = ("_row", "idx", "ts", "charge_point_id", "conn", "action")
     # One frame per kind of payload, so that each is searched only for the fields it can carry (a when/then
     # evaluates every branch on every row), and only rows with an id are searched for the connector.
-    tx16 = calls.filter(action != "TransactionEvent").select(
+    regex_rows = calls.filter(action != "TransactionEvent")
+    if meter_ids is not None:  # MeterValues ids read off their templates already (derived.Derived.meter_ids)
+        known = regex_rows.join(meter_ids.lazy(), on="idx", how="inner").select(
+            *cols, "transaction_id", event_type=pl.lit(None, dtype=pl.String), connector_id="connector_id"
+        )
+        regex_rows = regex_rows.join(meter_ids.lazy().select("idx"), on="idx", how="anti")
+    tx16 = regex_rows.select(
         *cols, transaction_id=_top_scalar("transactionId"), event_type=pl.lit(None, dtype=pl.String),
         # MeterValues carry connectorId (1.6) or evseId (2.x) at the top level; StopTransaction neither.
         connector_id=pl.coalesce(_top_int("connectorId"), _top_int("evseId")),
     )
+    if meter_ids is not None:
+        tx16 = pl.concat([known, tx16], how="vertical_relaxed")
     tx2x = calls.filter(action == "TransactionEvent").select(
         *cols, transaction_id=payload.str.json_path_match("$.transactionInfo.transactionId"),
         event_type=payload.str.json_path_match("$.eventType"),
