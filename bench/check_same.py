@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         ref.mkdir()
         tar = subprocess.run(["git", "archive", args.ref, "ocpptool"], cwd=ROOT, check=True, capture_output=True)
         subprocess.run(["tar", "-x", "-C", str(ref)], input=tar.stdout, check=True)
-        inputs = ([] if args.no_defaults else default_inputs(t)) + [Path(x) for x in args.inputs]
+        inputs = ([] if args.no_defaults else default_inputs(t)) + [Path(x).resolve() for x in args.inputs]
         failed = 0
         for i, src in enumerate(inputs):
             ra = run_side(str(ref), src, t / f"{i}-ref")

@@ -165,12 +165,35 @@ def _split_pattern(pattern: str) -> str | None:
 
 
 def extract(
-    df: pl.DataFrame, pattern: str, *, prefilter: str | None = None, literal: bool = True, key: str = "frame"
+    df: pl.DataFrame,
+    pattern: str,
+    *,
+    prefilter: str | None = None,
+    literal: bool = True,
+    key: str = "frame",
+    fast: str | None = None,
 ) -> pl.DataFrame:
     """Rows of ``df`` (``pos``, ``line``) matching ``pattern``, with its named groups as columns.
 
     A pattern ending in ``(?P<frame>\\[.*)`` gets ``frame`` = the rest of the line from that bracket.
+
+    ``fast`` is an optional stricter pattern with the same groups, for a format's most common line shape:
+    wherever it matches, it must capture exactly what ``pattern`` would (a test checks this), and being
+    anchored and unambiguous it runs about twice as fast. Lines it does not match take ``pattern``.
     """
+    if fast and not df.is_empty():
+        split = _split_pattern(fast)
+        assert split is not None, "a fast pattern ends in (?P<frame>\\[.*)"
+        g = df.with_columns(pl.col("line").str.extract_groups(split).alias("_g")).unnest("_g")
+        hit = pl.col(key).is_not_null()
+        done = g.filter(hit).with_columns(frame=pl.col("line").str.slice(pl.col("_pre").str.len_chars()))
+        done = done.drop("_pre")
+        if done.height == df.height:
+            return done
+        rest = extract(g.filter(~hit).select(df.columns), pattern, prefilter=prefilter, literal=literal, key=key)
+        if done.is_empty():
+            return rest
+        return pl.concat([done, rest.select(done.columns)]).sort("pos")
     if prefilter:
         df = df.filter(pl.col("line").str.contains(prefilter, literal=literal))
     names = [n for n in re.compile(pattern).groupindex if not n.startswith("_")]

@@ -255,6 +255,12 @@ MOBILITYHOUSE = LineSpec(
     prefilter=r": (?:send|receive)",
     literal=False,
 )
+#: The ``logging.basicConfig`` layout (``2024-05-01 10:00:00,123 - ocpp - INFO - CP_1: send [...]``), read
+#: by a stricter regex that captures exactly what :data:`MOBILITYHOUSE` would, about twice as fast.
+MOBILITYHOUSE_BASIC = (
+    r"^(?P<ts>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) - [A-Za-z_][\w.]* - [A-Z]+ - "
+    r"(?P<cp>[^\s:\[\]]+): (?P<dir>send|receive)(?: message)? (?P<frame>\[.*)"
+)
 MH_CALLERROR = (
     _TS_OPT + r".*?Received a CALLError: <CallError - unique_id=(?P<frame>[^,]*), error_code=(?P<code>.*?), "
     r"error_description=(?P<desc>.*?), error_details=(?P<details>.*?)>'?\s*$"
@@ -323,7 +329,10 @@ def _with_direction(rows: pl.DataFrame, perspective: str | None) -> pl.DataFrame
 
 def _mh_rows(first: int, text: str, st: _MHState) -> pl.DataFrame:
     lines = lines_frame(first, text)
-    m = finish_frames(extract(lines, MOBILITYHOUSE.pattern, prefilter=MOBILITYHOUSE.prefilter, literal=False))
+    m = finish_frames(
+        extract(lines, MOBILITYHOUSE.pattern, prefilter=MOBILITYHOUSE.prefilter, literal=False,
+                fast=MOBILITYHOUSE_BASIC)
+    )
     rows = m.select(
         pl.col("pos").alias("source_pos"),
         pl.col("ts").alias("ts_text"),

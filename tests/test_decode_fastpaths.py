@@ -1,0 +1,52 @@
+"""The decode speed paths give exactly what the general paths give (property tests on generated input)."""
+
+from __future__ import annotations
+
+import polars as pl
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ocpptool.sources.log_engine import extract, lines_frame
+from ocpptool.sources.log_lines import MOBILITYHOUSE, MOBILITYHOUSE_BASIC
+
+_ODD_TS = st.sampled_from(["2024-05-01 10:00:00,1234", "2024-05-01T10:00:00,123", "2024-05-01 10:00:00.123",
+                           "[2024-05-01 10:00:00,123]", "2024-05-01 10:00:00,123 +0200", ""])  # fmt: skip
+_WORD = st.text(alphabet="ab:-_. 0[]9\tZ", max_size=6)
+_ODD_FRAME = st.sampled_from(["[", "[4,", '["x"]', "x [2]", '[3,"1",{}] trailing', '[3,"1",{}]]'])
+
+
+def _part(draw, usual: str, odd) -> str:
+    """Mostly the usual basicConfig part, sometimes a perturbed one."""
+    return usual if draw(st.integers(0, 3)) else draw(odd)
+
+
+@st.composite
+def mobilityhouse_lines(draw) -> str:
+    """Lines near the basicConfig layout: each part is either the usual one or a perturbed one."""
+    ts = _part(draw, "2024-05-01 10:00:00,123", _ODD_TS)
+    name = _part(draw, "ocpp", st.sampled_from(["ocpp.v16", "0cpp", "_x", "", "a b", "a:b"]) | _WORD)
+    level = _part(draw, "INFO", st.sampled_from(["WARNING", "info", "", "IN FO", "A:"]) | _WORD)
+    cp = _part(draw, "CP-0001", st.sampled_from(["CP_1", "cp:1", "", "a]b", "x y", "a[b"]) | _WORD)
+    verb = _part(draw, "receive message", st.sampled_from(["send", "receive", "send message", "sent", "receive  message"]))
+    sep = _part(draw, " - ", st.sampled_from([" -  ", "-", " | ", ": "]))
+    frame = _part(draw, '[2,"1","Heartbeat",{}]', _ODD_FRAME)
+    return f"{ts}{sep}{name}{sep}{level}{sep}{cp}: {verb} {frame}"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(mobilityhouse_lines(), min_size=1, max_size=8))
+def test_mobilityhouse_fast_regex_captures_what_the_general_one_does(lines):
+    """Reading mobilityhouse lines with the basicConfig fast regex gives the same rows and groups as without."""
+    df = lines_frame(1, "\n".join(lines))
+    general = extract(df, MOBILITYHOUSE.pattern, prefilter=MOBILITYHOUSE.prefilter, literal=False)
+    fast = extract(df, MOBILITYHOUSE.pattern, prefilter=MOBILITYHOUSE.prefilter, literal=False,
+                   fast=MOBILITYHOUSE_BASIC)
+    assert fast.to_dicts() == general.to_dicts()
+
+
+def test_mobilityhouse_fast_regex_matches_the_basicconfig_layout():
+    """The fast regex really takes the common basicConfig line (so the benchmark measures it)."""
+    line = '2024-05-01 00:00:02,576 - ocpp - INFO - CP-0255: receive message [2,"a","Heartbeat",{}]'
+    got = pl.Series([line]).str.extract_groups(MOBILITYHOUSE_BASIC).struct.unnest().row(0, named=True)
+    assert got == {"ts": "2024-05-01 00:00:02,576", "cp": "CP-0255", "dir": "receive",
+                   "frame": '[2,"a","Heartbeat",{}]'}
