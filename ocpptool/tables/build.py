@@ -161,19 +161,25 @@ def decode_batch(raw: pl.DataFrame, log_tz: str | None = None) -> tuple[pl.DataF
             df = df.with_columns(_fast=pl.col("_fast") & ~pl.col("_r").is_in(bad.implode()))
             n_fast = -1  # some rows take the reference decoder
     nulls = [pl.lit(None, pl.String).alias(c) for c in ("error_code", "error_description", "error_details")]
+    weird_schema = {c: df.schema[c] for c in _WEIRD_KEEP} | {"reason": pl.String, "detail": pl.String,
+                                                              "excerpt": pl.String}
     if n_fast == df.height:  # the common case: every row a well-formed CALL/CALLRESULT
         msgs = df.select(*_KEEP, *_FRAME_COLS[:4], *nulls)
-        return msgs, pl.DataFrame(schema={c: df.schema[c] for c in _WEIRD_KEEP} | {
-            "reason": pl.String, "detail": pl.String, "excerpt": pl.String})
-    fast = df.filter(pl.col("_fast")).select(*_KEEP, *_FRAME_COLS[:4], *nulls)
+        return msgs, pl.DataFrame(schema=weird_schema)
     rest = df.filter(~pl.col("_fast"))
     pre = rest.filter(pl.col("weird_reason").is_not_null())
     slow_frames, slow_weirds = _python_decode(rest.filter(pl.col("weird_reason").is_null()).select("_r", "text"))
+    # The few rows the reference decoder read are written into the batch in place (``_r`` is the row
+    # position), so the batch keeps its order without a sort or a join of every column.
+    msgs = df.select(*_KEEP, *_FRAME_COLS[:4], *nulls)
+    keep = df["_fast"]
     if slow_frames.height:
-        slow = slow_frames.join(rest.select(_KEEP), on="_r", how="left").select(*_KEEP, *_FRAME_COLS)
-        msgs = pl.concat([fast, slow], how="vertical_relaxed").sort("_r")
-    else:
-        msgs = fast
+        at = slow_frames["_r"]
+        msgs = msgs.with_columns(msgs[c].scatter(at, slow_frames[c]) for c in _FRAME_COLS)
+        keep = keep.scatter(at, True)
+    msgs = msgs.filter(keep)
+    if pre.height == 0 and slow_weirds.height == 0:
+        return msgs, pl.DataFrame(schema=weird_schema)
     pre_w = pre.select("_r", reason=pl.col("weird_reason"), detail=pl.col("weird_detail"),
                        excerpt=pl.col("text").str.slice(0, 200))
     weirds = (
