@@ -8,8 +8,10 @@ batches of at most ``batch_rows`` rows conforming to :data:`~ocpptool.sources.ba
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from typing import TextIO
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TextIO, TypeVar
 
 import polars as pl
 
@@ -65,6 +67,33 @@ def iter_chunks(stream: TextIO, chunk_chars: int | None = None) -> Iterator[tupl
         lineno += text.count("\n") + 1
     if carry:
         yield lineno, carry
+
+
+_T = TypeVar("_T")
+
+#: Chunks a reader extracts ahead of the one it hands out (on worker threads; each holds one chunk's rows).
+AHEAD = 2
+
+
+def map_ahead(fn: Callable[[int, str], _T], chunks: Iterable[tuple[int, str]], ahead: int | None = None) -> Iterator[_T]:
+    """``fn(first, text)`` for every chunk, in order, computed up to ``ahead`` chunks ahead on worker threads.
+
+    The per-chunk work is Polars (it releases the GIL), so extraction runs on the other core while the
+    caller decodes; memory stays bounded by ``ahead`` chunks.
+    """
+    ahead = AHEAD if ahead is None else ahead
+    if ahead <= 0:
+        for first, text in chunks:
+            yield fn(first, text)
+        return
+    pending: deque[Future[_T]] = deque()
+    with ThreadPoolExecutor(max_workers=ahead, thread_name_prefix="ocpptool-read") as pool:
+        for first, text in chunks:
+            pending.append(pool.submit(fn, first, text))
+            if len(pending) > ahead:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def iter_lines(stream: TextIO, chunk_chars: int | None = None) -> Iterator[tuple[int, str]]:
