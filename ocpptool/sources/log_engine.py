@@ -16,10 +16,12 @@ from typing import TextIO, TypeVar
 import polars as pl
 
 from ..protocol.frames import excerpt
-from .base import BATCH_ROWS, RAW_SCHEMA, conform
+from .base import RAW_SCHEMA, conform
 
 #: Characters read from the stream per chunk (tests change it to prove chunking does not matter).
 CHUNK_CHARS = 1 << 20
+#: Rows per batch handed to the decoder: small enough that decoding starts early and overlaps reading.
+BATCH_ROWS = 50_000
 #: A single line longer than this is cut (the rest continues as the same line number).
 MAX_LINE_CHARS = 1 << 20
 #: A frame longer than this is given up as truncated.
