@@ -10,7 +10,8 @@ from ocpptool.sources.log_engine import extract, lines_frame
 from ocpptool.sources.log_lines import MOBILITYHOUSE, MOBILITYHOUSE_BASIC
 
 _ODD_TS = st.sampled_from(["2024-05-01 10:00:00,1234", "2024-05-01T10:00:00,123", "2024-05-01 10:00:00.123",
-                           "[2024-05-01 10:00:00,123]", "2024-05-01 10:00:00,123 +0200", ""])  # fmt: skip
+                           "[2024-05-01 10:00:00,123]", "2024-05-01 10:00:00,123 +0200", "",
+                           "\u0662024-05-01 10:00:00,123"])  # fmt: skip
 _WORD = st.text(alphabet="ab:-_. 0[]9\tZ", max_size=6)
 _ODD_FRAME = st.sampled_from(["[", "[4,", '["x"]', "x [2]", '[3,"1",{}] trailing', '[3,"1",{}]]'])
 
@@ -26,7 +27,7 @@ def mobilityhouse_lines(draw) -> str:
     ts = _part(draw, "2024-05-01 10:00:00,123", _ODD_TS)
     name = _part(draw, "ocpp", st.sampled_from(["ocpp.v16", "0cpp", "_x", "", "a b", "a:b"]) | _WORD)
     level = _part(draw, "INFO", st.sampled_from(["WARNING", "info", "", "IN FO", "A:"]) | _WORD)
-    cp = _part(draw, "CP-0001", st.sampled_from(["CP_1", "cp:1", "", "a]b", "x y", "a[b"]) | _WORD)
+    cp = _part(draw, "CP-0001", st.sampled_from(["CP_1", "cp:1", "", "a]b", "x y", "a[b", "a\u00a0b", "\u00e91", "a\\b", "a^b"]) | _WORD)
     verb = _part(draw, "receive message", st.sampled_from(["send", "receive", "send message", "sent", "receive  message"]))
     sep = _part(draw, " - ", st.sampled_from([" -  ", "-", " | ", ": "]))
     frame = _part(draw, '[2,"1","Heartbeat",{}]', _ODD_FRAME)
