@@ -51,3 +51,25 @@ def test_mobilityhouse_fast_regex_matches_the_basicconfig_layout():
     got = pl.Series([line]).str.extract_groups(MOBILITYHOUSE_BASIC).struct.unnest().row(0, named=True)
     assert got == {"ts": "2024-05-01 00:00:02,576", "cp": "CP-0255", "dir": "receive",
                    "frame": '[2,"a","Heartbeat",{}]'}
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.text(alphabet="ab\n", max_size=12), max_size=12), st.integers(1, 30))
+def test_merged_chunks_keep_every_line_and_its_number(texts, target):
+    """Merging a reader's chunks into bigger pieces keeps every line, its number and the cuts of long lines."""
+    from ocpptool.sources.log_engine import merged_chunks
+
+    chunks, line = [], 1
+    for i, text in enumerate(texts):
+        cut = i % 3 == 2  # every third chunk is the cut-off rest of the previous chunk's last line
+        start = line - 1 if cut and chunks else line
+        chunks.append((start, text))
+        line = start + text.count("\n") + 1
+
+    def lines(pieces):
+        out = []
+        for first, text in pieces:
+            out.extend((first + i, part) for i, part in enumerate(text.split("\n")))
+        return out
+
+    assert lines(merged_chunks(chunks, target)) == lines(chunks)

@@ -98,6 +98,32 @@ def map_ahead(fn: Callable[[int, str], _T], chunks: Iterable[tuple[int, str]], a
             yield pending.popleft().result()
 
 
+#: Characters of whole lines the vectorised readers extract at once (several reads merged): each extraction
+#: has a fixed cost of a few dozen Polars calls, so bigger pieces cost less per line.
+JOB_CHARS = 4 << 20
+
+
+def merged_chunks(chunks: Iterable[tuple[int, str]], target: int | None = None) -> Iterator[tuple[int, str]]:
+    """Merge consecutive chunks of whole lines into pieces of about ``target`` characters.
+
+    A piece of a cut over-long line (its continuation starts on the same line number) is never merged, so
+    every line keeps its number and its cuts.
+    """
+    target = target or JOB_CHARS
+    first, parts, size, next_line = 0, [], 0, -1
+    for start, text in chunks:
+        if parts and (start != next_line or size >= target):
+            yield first, "\n".join(parts)
+            parts, size = [], 0
+        if not parts:
+            first = start
+        parts.append(text)
+        size += len(text) + 1
+        next_line = start + text.count("\n") + 1
+    if parts:
+        yield first, "\n".join(parts)
+
+
 def iter_lines(stream: TextIO, chunk_chars: int | None = None) -> Iterator[tuple[int, str]]:
     """Yield ``(line number, line)`` for Python-loop readers."""
     for first, text in iter_chunks(stream, chunk_chars):

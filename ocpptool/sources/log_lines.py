@@ -35,6 +35,7 @@ from .log_engine import (
     iter_chunks,
     lines_frame,
     map_ahead,
+    merged_chunks,
     to_raw,
 )
 
@@ -137,6 +138,12 @@ def spec_rows(spec: LineSpec, first: int, text: str) -> pl.DataFrame:
     return out
 
 
+def _pieces(stream: TextIO, chunk_chars: int | None) -> Iterator[tuple[int, str]]:
+    """The stream in pieces of whole lines; an explicit ``chunk_chars`` (tests) is kept as it is."""
+    chunks = iter_chunks(stream, chunk_chars)
+    return chunks if chunk_chars else merged_chunks(chunks)
+
+
 def read_spec(
     spec: LineSpec,
     stream: TextIO,
@@ -147,7 +154,7 @@ def read_spec(
     ts_hint_expr: pl.Expr | None = None,
 ) -> Iterator[pl.DataFrame]:
     b = Batcher(batch_rows)
-    for rows in map_ahead(partial(spec_rows, spec), iter_chunks(stream, chunk_chars)):
+    for rows in map_ahead(partial(spec_rows, spec), _pieces(stream, chunk_chars)):
         if ts_hint_expr is not None and "ts_text" in rows.columns:
             rows = rows.with_columns(ts_hint=ts_hint_expr)
         yield from b.add(to_raw(rows, source))
@@ -411,7 +418,7 @@ def read_mobilityhouse(
             yield from b.add(to_raw(_with_direction(part, perspective).drop("_dir"), source))
         st.held, st.held_rows = [], 0
 
-    for chunk in map_ahead(_mh_extract, iter_chunks(stream, chunk_chars)):
+    for chunk in map_ahead(_mh_extract, _pieces(stream, chunk_chars)):
         rows = _mh_rows(chunk, st)
         if st.perspective is None and rows.height:
             st.perspective = _vote(rows)
