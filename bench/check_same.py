@@ -85,6 +85,10 @@ def nasty_inputs(directory: Path, seed: int = 5) -> list[Path]:
             log.append(f"2024-05-01 10:{i // 60 % 60:02d}:{i % 60:02d},{i % 1000:03d} - ocpp - WARNING - "
                        f"Received a CALLError: <CallError - unique_id=a4, error_code=NotImplemented, "
                        f"error_description=no, error_details={{}}>")
+    # an over-long line (cut by the text readers) and a broken one, in the middle of the log
+    huge = '{"data":"' + "x" * 2_500_000 + '"}'
+    log.insert(1500, f'2024-05-01 10:25:00,000 - ocpp - INFO - CP-1: receive message [2,"h1","DataTransfer",{huge}]')
+    log.insert(1600, f'2024-05-01 10:26:00,000 - ocpp - INFO - CP-1: receive message [2,"h2","DataTransfer",{huge}')
     a, b = directory / "nasty.jsonl", directory / "nasty-mobilityhouse.log"
     a.write_text("\n".join(jl) + "\n")
     b.write_text("\n".join(log) + "\n")
