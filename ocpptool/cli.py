@@ -391,4 +391,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run() -> None:
+    # Polars' allocator (jemalloc) hands freed pages back to the OS quickly by default; decoding frees and
+    # allocates large column buffers all the time, and faulting them back in cost about a quarter of the CPU
+    # time of a large decode. Keeping freed pages for 2 s saves most of that for about 10 % more peak memory
+    # (30 s saved a little more for 25 % more). Set before Polars loads; a user's own setting wins.
+    import os
+
+    os.environ.setdefault("_RJEM_MALLOC_CONF", "dirty_decay_ms:2000,muzzy_decay_ms:2000")
     sys.exit(main())

@@ -96,8 +96,8 @@ def _looks_like_frame(v: object) -> bool:
     return False
 
 
-def _chunks(stream: BinaryIO, on_bytes: Callable[[int], None] | None) -> Iterator[tuple[int, bytes]]:
-    """Yield (first line number, chunk of whole lines), reading big blocks."""
+def _chunks(stream: BinaryIO, on_bytes: Callable[[int], None] | None) -> Iterator[tuple[int, bytes, int]]:
+    """Yield (first line number, chunk of whole lines, number of lines), reading big blocks."""
     carry = b""
     line_no = 1
     while True:
@@ -106,7 +106,8 @@ def _chunks(stream: BinaryIO, on_bytes: Callable[[int], None] | None) -> Iterato
             on_bytes(len(block))
         if not block:
             if carry:
-                yield line_no, carry if carry.endswith(b"\n") else carry + b"\n"
+                last = carry if carry.endswith(b"\n") else carry + b"\n"
+                yield line_no, last, last.count(b"\n")
             return
         cut = block.rfind(b"\n")
         if cut < 0:
@@ -114,20 +115,22 @@ def _chunks(stream: BinaryIO, on_bytes: Callable[[int], None] | None) -> Iterato
             continue
         chunk = carry + block[: cut + 1] if carry else block[: cut + 1]
         carry = block[cut + 1 :]
-        yield line_no, chunk
-        line_no += chunk.count(b"\n")
+        n = chunk.count(b"\n")
+        yield line_no, chunk, n
+        line_no += n
 
 
 def _read_chunk(
-    chunk: bytes, first_line: int, schema: dict
+    chunk: bytes, first_line: int, schema: dict, n_lines: int | None = None
 ) -> tuple[pl.DataFrame, list[tuple[int, str, str]]]:
-    """Parse one chunk; returns the rows (with ``_line``) and broken lines as (line, reason, excerpt)."""
+    """Parse one chunk (of ``n_lines`` lines, counted if not given); returns the rows (with ``_line``) and
+    broken lines as (line, reason, excerpt)."""
     try:
         df = pl.read_ndjson(chunk, schema=schema)
     except Exception:  # noqa: BLE001 - a broken line somewhere: find it line by line below
         df = None
     # The reader skips blank lines; only when every line gave a row do row numbers equal line numbers.
-    if df is not None and df.height == chunk.count(b"\n"):
+    if df is not None and df.height == (chunk.count(b"\n") if n_lines is None else n_lines):
         return df.with_row_index("_line", offset=first_line).with_columns(pl.col("_line").cast(pl.Int64)), []
     good: list[bytes] = []
     good_lines: list[int] = []
@@ -185,12 +188,12 @@ def read_trace(stream: BinaryIO, source: str, on_bytes=None) -> Iterator[Callabl
 
     Yields thunks (one per chunk) so that parsing runs on the decoder's worker threads.
     """
-    for first, chunk in _chunks(stream, on_bytes):
-        yield partial(_trace_chunk, chunk, first, source)
+    for first, chunk, n in _chunks(stream, on_bytes):
+        yield partial(_trace_chunk, chunk, first, source, n)
 
 
-def _trace_chunk(chunk: bytes, first: int, source: str) -> pl.DataFrame:
-    df, bad = _read_chunk(chunk, first, TRACE_SCHEMA)
+def _trace_chunk(chunk: bytes, first: int, source: str, n_lines: int | None = None) -> pl.DataFrame:
+    df, bad = _read_chunk(chunk, first, TRACE_SCHEMA, n_lines)
     parts = [_bad_rows(bad, source)] if bad else []
     if df.height:
         parts.append(_trace_rows(df, source))
@@ -244,13 +247,15 @@ def read_jsonl(
     stream: BinaryIO, source: str, fields: dict[str, str | None], on_bytes=None
 ) -> Iterator[Callable[[], pl.DataFrame]]:
     """Generic JSON lines with the keys found by :func:`jsonl_fields` (thunks, as :func:`read_trace`)."""
-    for first, chunk in _chunks(stream, on_bytes):
-        yield partial(_jsonl_chunk, chunk, first, source, fields)
+    for first, chunk, n in _chunks(stream, on_bytes):
+        yield partial(_jsonl_chunk, chunk, first, source, fields, n)
 
 
-def _jsonl_chunk(chunk: bytes, first: int, source: str, fields: dict[str, str | None]) -> pl.DataFrame:
+def _jsonl_chunk(
+    chunk: bytes, first: int, source: str, fields: dict[str, str | None], n_lines: int | None = None
+) -> pl.DataFrame:
     schema = {k: pl.String for k in fields.values() if k}
-    df, bad = _read_chunk(chunk, first, schema)
+    df, bad = _read_chunk(chunk, first, schema, n_lines)
     parts = [_bad_rows(bad, source)] if bad else []
     if df.height:
         parts.append(_jsonl_rows(df, source, fields))

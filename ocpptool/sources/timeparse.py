@@ -35,6 +35,11 @@ def _normalised(col: str) -> pl.Expr:
     )
 
 
+def _fits(first: pl.Series, parse: pl.Expr) -> bool:
+    """Whether ``parse`` reads the batch's first time (``first``: a one-row ``ts_text`` Series)."""
+    return first.to_frame().select(parse.is_not_null()).item()
+
+
 def parse_ts(df: pl.DataFrame, log_tz: str | None = None) -> pl.DataFrame:
     """Fill ``ts`` (where null), ``ts_local`` and ``ts_hint`` from ``ts_text``."""
     if df.is_empty() or df["ts_text"].null_count() == df.height:
@@ -44,10 +49,14 @@ def parse_ts(df: pl.DataFrame, log_tz: str | None = None) -> pl.DataFrame:
             .then(pl.lit(NO_TIME))
             .otherwise(pl.col("ts_hint")),
         )
+    # Each fast path below applies only if it reads every time of the batch, so the first time is tried
+    # alone first: a batch whose first time does not fit skips the whole-column attempt.
+    first = df.select(pl.col("ts_text").drop_nulls().first()).to_series()
     # Fast path: strict ISO 8601 with a zone, as most machine logs write it.
     quick = pl.col("ts_text").str.to_datetime("%+", strict=False, time_unit="us", time_zone="UTC")
-    df = df.with_columns(_q=quick)
-    if df["_q"].null_count() == df["ts_text"].null_count():
+    if _fits(first, quick):
+        df = df.with_columns(_q=quick)
+    if "_q" in df.columns and df["_q"].null_count() == df["ts_text"].null_count():
         return (
             df.with_columns(
                 ts=pl.coalesce(pl.col("ts"), pl.col("_q")), ts_local=pl.lit(None, dtype=pl.Datetime("us"))
@@ -59,11 +68,13 @@ def parse_ts(df: pl.DataFrame, log_tz: str | None = None) -> pl.DataFrame:
             )
             .drop("_q")
         )
-    df = df.drop("_q")
+    df = df.drop("_q", strict=False)
     # Second fast path: one zone-less layout for the whole batch (Python logging, most text logs).
     wanted = df.height - df["ts_text"].null_count()
     for fmt in _NAIVE_FORMATS:
         local = pl.col("ts_text").str.to_datetime(fmt, strict=False, time_unit="us")
+        if not _fits(first, local):
+            continue
         probe = df.select(local.alias("_l"))["_l"]
         if wanted - probe.null_count() == wanted:
             out = df.with_columns(ts_local=probe)

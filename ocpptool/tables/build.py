@@ -161,19 +161,25 @@ def decode_batch(raw: pl.DataFrame, log_tz: str | None = None) -> tuple[pl.DataF
             df = df.with_columns(_fast=pl.col("_fast") & ~pl.col("_r").is_in(bad.implode()))
             n_fast = -1  # some rows take the reference decoder
     nulls = [pl.lit(None, pl.String).alias(c) for c in ("error_code", "error_description", "error_details")]
+    weird_schema = {c: df.schema[c] for c in _WEIRD_KEEP} | {"reason": pl.String, "detail": pl.String,
+                                                              "excerpt": pl.String}
     if n_fast == df.height:  # the common case: every row a well-formed CALL/CALLRESULT
         msgs = df.select(*_KEEP, *_FRAME_COLS[:4], *nulls)
-        return msgs, pl.DataFrame(schema={c: df.schema[c] for c in _WEIRD_KEEP} | {
-            "reason": pl.String, "detail": pl.String, "excerpt": pl.String})
-    fast = df.filter(pl.col("_fast")).select(*_KEEP, *_FRAME_COLS[:4], *nulls)
+        return msgs, pl.DataFrame(schema=weird_schema)
     rest = df.filter(~pl.col("_fast"))
     pre = rest.filter(pl.col("weird_reason").is_not_null())
     slow_frames, slow_weirds = _python_decode(rest.filter(pl.col("weird_reason").is_null()).select("_r", "text"))
+    # The few rows the reference decoder read are written into the batch in place (``_r`` is the row
+    # position), so the batch keeps its order without a sort or a join of every column.
+    msgs = df.select(*_KEEP, *_FRAME_COLS[:4], *nulls)
+    keep = df["_fast"]
     if slow_frames.height:
-        slow = slow_frames.join(rest.select(_KEEP), on="_r", how="left").select(*_KEEP, *_FRAME_COLS)
-        msgs = pl.concat([fast, slow], how="vertical_relaxed").sort("_r")
-    else:
-        msgs = fast
+        at = slow_frames["_r"]
+        msgs = msgs.with_columns(msgs[c].scatter(at, slow_frames[c]) for c in _FRAME_COLS)
+        keep = keep.scatter(at, True)
+    msgs = msgs.filter(keep)
+    if pre.height == 0 and slow_weirds.height == 0:
+        return msgs, pl.DataFrame(schema=weird_schema)
     pre_w = pre.select("_r", reason=pl.col("weird_reason"), detail=pl.col("weird_detail"),
                        excerpt=pl.col("text").str.slice(0, 200))
     weirds = (
@@ -215,33 +221,43 @@ def _correlate(msgs: pl.DataFrame) -> pl.DataFrame:
     # Group by a 64-bit hash of (conn, message_id): much faster than two string keys. A collision can only
     # merge two groups; merged groups fail the "simple" test (ids and conns compared for real) and go to the
     # exact Correlator below, so a collision costs time, never correctness.
-    ev = msgs.filter(is_call | is_resp).select(
-        "idx", "conn", "message_id", "direction", "message_type", _k=pl.struct("conn", "message_id").hash()
+    # A stable sort by the hash puts each group's rows next to each other in file order, so the common case
+    # (a group of exactly one CALL and one response, directions known) is read off neighbouring rows.
+    ev = (
+        msgs.filter(is_call | is_resp)
+        .select("idx", "conn", "message_id", "direction", "message_type", _k=pl.struct("conn", "message_id").hash())
+        .sort("_k", maintain_order=True)
     )
-    g = ev.group_by("_k").agg(
-        n_call=is_call.sum(),
-        n_resp=is_resp.sum(),
-        n_null=pl.col("direction").is_null().sum(),
-        n_ids=pl.col("message_id").n_unique(),
-        n_conns=pl.col("conn").n_unique(),
-        call_idx=pl.col("idx").filter(is_call).first(),
-        call_dir=pl.col("direction").filter(is_call).first(),
-        resp_idx=pl.col("idx").filter(is_resp).first(),
-        resp_dir=pl.col("direction").filter(is_resp).first(),
+    k = pl.col("_k")
+
+    def nxt(c: str) -> pl.Expr:
+        return pl.col(c).shift(-1)
+
+    two = (k == k.shift(-1)) & (k.shift(1) != k).fill_null(True) & (k.shift(-2) != k.shift(-1)).fill_null(True)
+    simple = (
+        two
+        & ((is_call & nxt("message_type").is_in(RESPONSES)) | (is_resp & (nxt("message_type") == "CALL")))
+        & pl.col("direction").is_not_null() & nxt("direction").is_not_null()
+        & pl.col("message_id").eq_missing(nxt("message_id")) & pl.col("conn").eq_missing(nxt("conn"))
+    ).fill_null(False)  # fmt: skip
+    ev = ev.with_columns(
+        _s=simple, _pair=simple & is_call & (pl.col("direction") != nxt("direction")), _resp=nxt("idx")
     )
-    is_simple = (
-        (pl.col("n_call") == 1) & (pl.col("n_resp") == 1) & (pl.col("n_null") == 0)
-        & (pl.col("n_ids") == 1) & (pl.col("n_conns") == 1)
-    )  # fmt: skip
-    g = g.with_columns(_simple=is_simple)
-    pairs_fast = g.filter(
-        pl.col("_simple") & (pl.col("resp_idx") > pl.col("call_idx")) & (pl.col("call_dir") != pl.col("resp_dir"))
-    ).select(resp=pl.col("resp_idx"), call=pl.col("call_idx"))
-    tricky = g.filter(~pl.col("_simple") & (pl.col("n_call") >= 1) & (pl.col("n_resp") >= 1)).select("_k")
+    pairs_fast = ev.filter(pl.col("_pair")).select(resp=pl.col("_resp"), call=pl.col("idx"))
+    # Everything else (unanswered calls, orphans, repeated ids, unknown directions) is replayed exactly.
+    rest = ev.filter(~(pl.col("_s") | pl.col("_s").shift(1).fill_null(False)))
+    tricky = (
+        rest.group_by("_k")
+        .agg(n_call=is_call.sum(), n_resp=is_resp.sum())
+        .filter((pl.col("n_call") >= 1) & (pl.col("n_resp") >= 1))
+        .select("_k")
+    )
     resp_l: list[int] = []
     call_l: list[int] = []
     if tricky.height:
-        rows = ev.join(tricky, on="_k", how="semi").sort("idx").drop("_k")
+        rows = rest.join(tricky, on="_k", how="semi").sort("idx").select(
+            "idx", "conn", "message_id", "direction", "message_type"
+        )
         cor = Correlator()
         for idx, conn, mid, direction, mtype in rows.iter_rows():
             m = cor.feed(Event(idx, conn, direction, MessageType[mtype], mid))
