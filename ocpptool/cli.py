@@ -277,6 +277,7 @@ def replay(
     tui: Annotated[bool | None, typer.Option("--tui/--no-tui", help="Live view (default: when stdout is a terminal).")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="With --no-tui: print every frame.")] = False,
     response_timeout: Annotated[float, typer.Option("--response-timeout", help="Seconds to wait for an answer.")] = 10.0,
+    reconnects: Annotated[int, typer.Option("--reconnects", help="Reconnect attempts in a row before a charge point gives up (exit 4).")] = 5,
     no_shift: Annotated[bool, typer.Option("--no-time-shift", help="Keep payload timestamps as recorded.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
     input_format: InputFormatOpt = None,
@@ -289,7 +290,9 @@ def replay(
 
     _check_tz(log_tz)
     args.update(since=_parse_time(since, "--since"), until=_parse_time(until, "--until"))
-    run_replay(ReplayArgs(**args))
+    rc = run_replay(ReplayArgs(**args))
+    if rc:
+        raise typer.Exit(rc)
 
 
 @app.command()

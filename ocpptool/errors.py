@@ -10,6 +10,7 @@ class ExitStatus(IntEnum):
     ERROR = 1  # an unexpected failure inside ocpptool
     BAD_INPUT = 2  # the user's input or options cannot be used
     FINDINGS = 3  # reserved for --fail-on
+    PEER_FAILED = 4  # replay: a charge point could not reach (or stay connected to) the target
 
 
 class UserError(Exception):

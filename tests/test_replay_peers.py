@@ -270,6 +270,25 @@ def test_bad_targets_and_options_get_one_line_and_exit_2(recorded, bad):
     assert out.stderr.count("\n") == 1 and out.stderr.startswith("ocpptool: error:"), out.stderr
 
 
+def test_an_unreachable_target_ends_with_exit_4_after_the_report_is_written(recorded, tmp_path):
+    """When a charge point cannot reach the target it gives up after --reconnects retries, the report still
+    lists every call as not sent, and the command ends with one error line and exit status 4."""
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens here: every connect is refused
+    report = tmp_path / "report.json"
+    out = cli(str(recorded), "--target", f"ws://127.0.0.1:{port}/ocpp", "--speed", "max", "--no-tui", "--cp", "CP-A",
+              "--reconnects", "1", "--report", str(report))  # fmt: skip
+    assert out.returncode == 4, out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("ocpptool: error: 1 of 1 charge points could not reach") and "CP-A" in last, out.stderr
+    doc = json.loads(report.read_text())
+    not_sent = [d for d in doc["divergences"] if d["kind"] == "not-sent"]
+    assert len(not_sent) == len(calls(recorded, "CP-A")) > 0
+    assert {d["kind"] for d in doc["divergences"]} <= {"not-sent", "missing-call"}  # recorded CSMS calls never came
+
+
 def test_a_csms_call_the_recording_did_not_cover_gets_a_valid_default_and_is_reported(recorded, tmp_path):
     """A live CSMS call absent from the recording is answered schema-valid, counted as not covered and as extra."""
     extra = [ChargerConfig("CP-B", csms_calls=(CsmsCall("TriggerMessage", after=0.01),))]

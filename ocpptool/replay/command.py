@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from ..errors import UserError
+from ..errors import ExitStatus, UserError
 from .plan import Plan, build_plan, describe, parse_map
 from .runtime import Control, Event, ReplayOptions, ReplayResult
 
@@ -47,6 +47,7 @@ class ReplayArgs:
     tui: bool | None = None  #: None: a live view when stdout is a terminal
     verbose: bool = False
     response_timeout: float = 10.0
+    reconnects: int = 5
     no_shift: bool = False
     quiet: bool = False
     input_format: str | None = None
@@ -119,7 +120,8 @@ def tls_context(ca: str | None, cert: str | None, key: str | None) -> ssl.SSLCon
 def check(args: ReplayArgs) -> ReplayOptions:
     """Turn the command line into options, or raise one clear UserError."""
     opts = ReplayOptions(speed=parse_speed(args.speed), keep_message_ids=args.keep_message_ids,
-                         response_timeout=args.response_timeout, shift_timestamps=not args.no_shift)  # fmt: skip
+                         response_timeout=args.response_timeout, shift_timestamps=not args.no_shift,
+                         reconnects=args.reconnects)  # fmt: skip
     if args.role not in ("charger", "csms"):
         raise UserError(f"--as {args.role!r}: choose charger (replay the chargers) or csms (replay the CSMS)")
     if args.key and not args.cert:
@@ -169,6 +171,8 @@ def check(args: ReplayArgs) -> ReplayOptions:
             raise UserError(f"{option} {path}: the directory does not exist")
     if args.response_timeout <= 0:
         raise UserError("--response-timeout must be above 0")
+    if args.reconnects < 0:
+        raise UserError("--reconnects must be 0 or more")
     return opts
 
 
@@ -251,7 +255,8 @@ def print_report(result: ReplayResult, out: TextIO) -> None:
 
 
 def replay(args: ReplayArgs) -> int:
-    """The whole command. Returns the exit status (0; 3 when anything diverged is left to callers)."""
+    """The whole command. Returns the exit status: 0, or ``ExitStatus.PEER_FAILED`` when a charge point
+    gave up reconnecting (the report and the recording are still written first)."""
     opts = check(args)
     plan = make_plan(args, progress=not args.quiet)
     if args.dry_run:
@@ -281,4 +286,11 @@ def replay(args: ReplayArgs) -> int:
         n = result.transcript.write_trace(args.record)
         if not args.quiet:
             sys.stderr.write(f"recorded {n:,} frames to {args.record}\n")
+    failed = sorted(cp for cp, st in result.stats.items() if st.state == "failed")
+    if failed:
+        where = args.target if args.role == "charger" else "this replay"
+        names = ", ".join(failed[:5]) + (" ..." if len(failed) > 5 else "")
+        sys.stderr.write(f"ocpptool: error: {len(failed)} of {len(result.stats)} charge points could not reach "
+                         f"{where} and gave up after {args.reconnects + 1} attempts ({names})\n")  # fmt: skip
+        return ExitStatus.PEER_FAILED
     return 0
