@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -152,7 +152,8 @@ def _options(settings: list[str] | None):
             typed = int(value) if known[name] in (int, "int") else float(value)
         except ValueError:
             raise UserError(f"--set {item!r}: {value!r} is not a number") from None
-        opts = replace(opts, **{name: typed})
+        change: dict[str, Any] = {name: typed}  # int or float, as the field is
+        opts = replace(opts, **change)
     return opts
 
 
@@ -237,9 +238,9 @@ def explain(
     if code is None:
         for family in FAMILIES:
             typer.echo(f"{family}:")
-            for d in DETECTORS.values():
-                if d.family == family:
-                    typer.echo(f"  {d.code:34s} {d.severity:8s} {d.title}")
+            for det in DETECTORS.values():
+                if det.family == family:
+                    typer.echo(f"  {det.code:34s} {det.severity:8s} {det.title}")
         return
     d = DETECTORS.get(code)
     if d is None:

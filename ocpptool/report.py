@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import cast
 
 import orjson
 import polars as pl
@@ -43,8 +44,8 @@ def summary(a: Analysis) -> dict:
         "weirds": a.tables.weirds.height,
         "charge_points": m["charge_point_id"].drop_nulls().n_unique(),
         "connections": a.tables.connections.height,
-        "start": _iso(m["ts"].min()) if m.height else None,
-        "end": _iso(m["ts"].max()) if m.height else None,
+        "start": _iso(cast("datetime | None", m["ts"].min())) if m.height else None,  # ts: a Datetime column
+        "end": _iso(cast("datetime | None", m["ts"].max())) if m.height else None,
         "versions": {(v or "unknown"): n for v, n in versions.iter_rows()},
         "transactions": tx.height,
         "transactions_open": tx.filter(pl.col("state") == "open").height if tx.height else 0,

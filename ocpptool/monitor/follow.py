@@ -38,7 +38,7 @@ class Follower:
         self._ino: int | None = None
         self._carry = b""
         self._lines = 0  # complete lines consumed in the current file
-        self._sniffed = None
+        self._sniffed: tuple[str, dict | None] | None = None  # (kind, detail) of the first chunk
         self.frames = 0
 
     def check(self) -> None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from .base import RAW_SCHEMA, RawBatch, SourceError, conform
+from .base import RAW_SCHEMA, RawBatch, SourceError, SourceItem, conform
 from .capture import CaptureOptions
 
 SNIFF_BYTES = 64 << 10
@@ -197,8 +197,8 @@ def read_one(
     input_format: str | None = None,
     capture: CaptureOptions | None = None,
     on_bytes: Callable[[int], None] | None = None,
-) -> Iterator[RawBatch]:
-    """Yield the RawBatch frames of one input."""
+) -> Iterator[SourceItem]:
+    """Yield the RawBatch frames (or thunks) of one input, and what a capture adds (ConnMeta, SourceNote)."""
     raw = _open_binary(path)
     counted: BinaryIO = (
         io.BufferedReader(_Counting(raw, on_bytes), buffer_size=1 << 20) if on_bytes else raw  # type: ignore[assignment]
@@ -221,7 +221,7 @@ def read_one(
             raw.close()
 
 
-def _dispatch(path: str, sniffed: Sniffed, source: str, capture: CaptureOptions) -> Iterator[RawBatch]:
+def _dispatch(path: str, sniffed: Sniffed, source: str, capture: CaptureOptions) -> Iterator[SourceItem]:
     from . import jsonl
 
     if sniffed.kind == "pcap":
@@ -259,7 +259,7 @@ def read_inputs(
     input_format: str | None = None,
     capture: CaptureOptions | None = None,
     on_bytes: Callable[[int], None] | None = None,
-) -> Iterator[RawBatch]:
+) -> Iterator[SourceItem]:
     for path in expand_inputs(paths):
         yield from read_one(path, input_format=input_format, capture=capture, on_bytes=on_bytes)
 

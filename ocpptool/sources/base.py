@@ -20,8 +20,9 @@ Columns:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TypeAlias
 
 import polars as pl
 
@@ -81,6 +82,11 @@ class ConnMeta:
     """Connection facts from a capture, yielded by a source between its RawBatch frames."""
 
     frame: pl.DataFrame  # CONN_META_SCHEMA
+
+
+#: What a source yields: RawBatch frames, thunks that build one (so parsing can run on a worker), and,
+#: from captures, ConnMeta and SourceNote.
+SourceItem: TypeAlias = RawBatch | Callable[[], RawBatch] | ConnMeta | SourceNote
 
 
 class SourceError(Exception):

@@ -107,7 +107,7 @@ def _python_rows(header: str, text: str, first: int, roles: dict[str, str]) -> p
     idx = {role: names.index(col) for role, col in roles.items() if col in names}
     pos = first
     for rec in reader:
-        row = {"pos": pos, "frame": None, "ts": None, "cp": None, "dir": None}
+        row: dict[str, int | str | None] = {"pos": pos, "frame": None, "ts": None, "cp": None, "dir": None}
         for role, i in idx.items():
             row[role] = rec[i] if i < len(rec) else None
         rows.append(row)

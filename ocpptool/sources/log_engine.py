@@ -110,7 +110,8 @@ def merged_chunks(chunks: Iterable[tuple[int, str]], target: int | None = None) 
     every line keeps its number and its cuts.
     """
     target = target or JOB_CHARS
-    first, parts, size, next_line = 0, [], 0, -1
+    parts: list[str] = []
+    first, size, next_line = 0, 0, -1
     for start, text in chunks:
         if parts and (start != next_line or size >= target):
             yield first, "\n".join(parts)

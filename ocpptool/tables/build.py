@@ -26,7 +26,7 @@ from ..protocol import Correlator, Event, MessageType, decode
 from ..protocol.actions import ALL_ACTIONS, BIDIRECTIONAL, CP_INITIATED, CP_TO_CSMS, CSMS_TO_CP
 from ..protocol.frames import HEAD_PATTERN, Frame
 from ..protocol.versions import ONLY_2X, ONLY_16, ONLY_21, from_subprotocol, infer
-from ..sources.base import ConnMeta, SourceNote
+from ..sources.base import ConnMeta, SourceItem, SourceNote
 from ..sources.timeparse import parse_ts
 from . import schemas
 
@@ -191,7 +191,9 @@ def decode_batch(raw: pl.DataFrame, log_tz: str | None = None) -> tuple[pl.DataF
     return msgs, weirds
 
 
-def _load_and_decode(batch, log_tz: str | None) -> tuple[pl.DataFrame, pl.DataFrame] | ConnMeta:
+def _load_and_decode(
+    batch: SourceItem, log_tz: str | None
+) -> tuple[pl.DataFrame, pl.DataFrame] | ConnMeta | SourceNote:
     """Run in a worker: a source may hand over a thunk so that parsing, too, happens in parallel."""
     frame = batch() if callable(batch) else batch
     if isinstance(frame, ConnMeta | SourceNote):
@@ -367,7 +369,7 @@ def _connections(
 
 
 def build_tables(
-    batches: Iterable[pl.DataFrame],
+    batches: Iterable[SourceItem],
     *,
     log_tz: str | None = None,
     on_rows: Callable[[int], None] | None = None,
@@ -381,7 +383,7 @@ def build_tables(
     sources: set[str] = set()
     seq = 0
 
-    def collect(result: tuple[pl.DataFrame, pl.DataFrame] | ConnMeta) -> None:
+    def collect(result: tuple[pl.DataFrame, pl.DataFrame] | ConnMeta | SourceNote) -> None:
         nonlocal seq
         if isinstance(result, ConnMeta):
             meta_parts.append(result.frame)

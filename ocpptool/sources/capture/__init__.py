@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from ..base import SourceError
+from ..base import SourceError, SourceItem
 
 ENGINES = ("auto", "native", "tshark")
 
@@ -42,7 +42,7 @@ class CaptureOptions:
         return self.keylog or os.environ.get("SSLKEYLOGFILE") or None
 
 
-def read_capture(path: str, stream: BinaryIO, source: str, options: CaptureOptions) -> Iterator:
+def read_capture(path: str, stream: BinaryIO, source: str, options: CaptureOptions) -> Iterator[SourceItem]:
     """Yield RawBatch frames (or thunks) and ConnMeta for one capture."""
     if options.engine not in ENGINES:
         raise SourceError(f"unknown --engine {options.engine!r} (choose auto, native or tshark)")

@@ -138,14 +138,14 @@ class Inflater:
                 return None if z.unconsumed_tail else out
             except zlib.error:
                 return None
-        z = self.z
-        if z is not None:
+        shared = self.z
+        if shared is not None:
             try:
-                out = z.decompress(data, MAX_MESSAGE)
-                if z.unconsumed_tail:
+                out = shared.decompress(data, MAX_MESSAGE)
+                if shared.unconsumed_tail:
                     self.z = None
                     return None
-                if z.eof:
+                if shared.eof:
                     self.z = None
                 return out
             except zlib.error:

@@ -25,11 +25,11 @@ import re
 import zlib
 from collections import deque
 from collections.abc import Iterator
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 import polars as pl
 
-from ..base import CONN_META_SCHEMA, ConnMeta, SourceNote, conform
+from ..base import CONN_META_SCHEMA, ConnMeta, RawBatch, SourceNote, conform
 from . import CaptureOptions
 from ._http import OCPP_START, REQUEST_LINE, TAIL, Inflater, head_end, parse_request, parse_response, unmask
 from ._packet import FRAGMENT, endpoint, ports, reverse_key, tcp_of
@@ -152,7 +152,7 @@ class _Engine:
         self.last_ts = 0
 
     # -- the loop ------------------------------------------------------------------------------------
-    def run(self, stream: BinaryIO) -> Iterator:
+    def run(self, stream: BinaryIO) -> Iterator[RawBatch | ConnMeta | SourceNote]:
         recs = Records(stream, self.source)
         conns = self.conns
         segment = self._segment
@@ -359,6 +359,7 @@ class _Engine:
                 self._gaps(conn, d, pos, ts, final=False)
 
     def _drain(self, conn: _Conn, d: _Dir, pos: int, ts: int) -> None:
+        # segments wait only after _segment has set d.nxt, so it is an int here and in _gaps
         pending = d.pending
         while pending:
             o = min(pending)
@@ -370,7 +371,7 @@ class _Engine:
             if e > d.off:
                 q = p[d.off - o :]
                 d.off = e
-                d.nxt = (d.nxt + len(q)) & M32
+                d.nxt = (cast(int, d.nxt) + len(q)) & M32
                 self._data(conn, d, q, pos, ts)
 
     def _gaps(self, conn: _Conn, d: _Dir, pos: int, ts: int, *, final: bool) -> None:
@@ -379,7 +380,7 @@ class _Engine:
             o = min(d.pending)
             missing = o - d.off
             d.off = o
-            d.nxt = (d.nxt + missing) & M32
+            d.nxt = (cast(int, d.nxt) + missing) & M32
             self._lost(conn, d, missing, pos, ts)
             self._drain(conn, d, pos, ts)
 
@@ -780,8 +781,9 @@ class _Engine:
     def _row(self, conn: _Conn, d: _Dir, pos: int, ts: int, text, reason, detail) -> None:
         row = (ts, pos, conn.name, conn.cp, CLIENT_DIR if d.is_client else SERVER_DIR, conn.subprotocol,
                text, reason, detail)  # fmt: skip
-        if conn.fp is not None:
-            self._fingerprint(conn, d, row, ts)
+        fps = conn.fp
+        if fps is not None:
+            self._fingerprint(conn, d, row, ts, fps)
         if conn.held is None:
             self.rows.append(row)
         else:
@@ -819,7 +821,8 @@ class _Engine:
         return conform(df)
 
     # -- duplicates ("any" interface) -----------------------------------------------------------------
-    def _fingerprint(self, conn: _Conn, d: _Dir, row: tuple, ts: int) -> None:
+    def _fingerprint(self, conn: _Conn, d: _Dir, row: tuple, ts: int, fps: deque) -> None:
+        """``fps`` is ``conn.fp`` (not None: only then is a row fingerprinted)."""
         fp = (d.is_client, row[6], row[7])
         if conn.nrows == 0:
             conn.first_ts = ts
@@ -843,7 +846,7 @@ class _Engine:
                 self.recent.setdefault(fp, []).append(conn)
                 q.append((ts, fp, conn))
         conn.nrows += 1
-        conn.fp.append((fp, ts))
+        fps.append((fp, ts))
         orig = conn.suspect_of if conn.suspect_of is not None else None
         if orig is not None:
             self._compare(orig, conn)
@@ -932,6 +935,6 @@ def _tls_server(key: bytes, side: int, buf: bytes) -> str:
     return endpoint(key, 0 if a < b else 1)
 
 
-def read(stream: BinaryIO, source: str, options: CaptureOptions) -> Iterator:
+def read(stream: BinaryIO, source: str, options: CaptureOptions) -> Iterator[RawBatch | ConnMeta | SourceNote]:
     """Yield RawBatch frames (one row per complete WebSocket data message) and, last, one ConnMeta."""
     yield from _Engine(source, options).run(stream)

@@ -28,14 +28,14 @@ import shutil
 import subprocess
 import tempfile
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import polars as pl
 
-from ..base import CONN_META_SCHEMA, RAW_SCHEMA, ConnMeta, SourceError
+from ..base import CONN_META_SCHEMA, RAW_SCHEMA, ConnMeta, RawBatch, SourceError
 from . import CaptureOptions
 from ._http import auth_summary, request_target
 
@@ -232,7 +232,9 @@ class _Reader:
 
     # ------------------------------------------------------------------ packets
     def packet(self, layers: dict[str, list[str]]) -> None:
-        g = layers.get
+        # Any: fields tshark writes for every TCP packet (frame_number, frame_time_epoch, tcp_*port) are
+        # indexed without a check; the optional ones are tested before use.
+        g: Callable[[str], Any] = layers.get
         stream_l = g("tcp_stream")
         if not stream_l:
             return
@@ -275,8 +277,8 @@ class _Reader:
     def _http(self, c: _Conn, layers: dict[str, list[str]], src: tuple[str, str], ts: int) -> None:
         g = layers.get
         upgrade = " ".join(g("http_upgrade") or []).lower()
-        key = (g("http_sec_websocket_key") or [None])[0]
-        uri = (g("http_request_uri") or [None])[0]
+        key = (g("http_sec_websocket_key") or (None,))[0]
+        uri = (g("http_request_uri") or (None,))[0]
         if uri is not None and ("websocket" in upgrade or key):
             if c.handshake_seen and c.client_pair is not None:
                 return  # only the first upgrade request counts
@@ -286,7 +288,7 @@ class _Reader:
             protos = g("http_sec_websocket_protocol")
             if protos:
                 c.offer = protos[0].split(",")[0].strip() or None
-            c.auth = auth_summary((g("http_authorization") or [None])[0])
+            c.auth = auth_summary((g("http_authorization") or (None,))[0])
             c.ws_key = key
             if key:
                 first = self.ws_keys.get(key)
@@ -300,7 +302,9 @@ class _Reader:
         if codes and "101" in codes:
             c.handshake_seen = True
             if c.client_pair is None and not c.key:  # request not seen: the 101's receiver is the client
-                c.client_pair = ((g("ipv6_dst") or g("ip_dst"))[-1], g("tcp_dstport")[-1])
+                # a packet that reached packet() has its IP addresses and TCP ports
+                ipd = cast("list[str]", g("ipv6_dst") or g("ip_dst"))
+                c.client_pair = (ipd[-1], cast("list[str]", g("tcp_dstport"))[-1])
             protos = g("http_sec_websocket_protocol")
             c.subprotocol = protos[0].strip() if protos else None
             exts = g("http_sec_websocket_extensions")
@@ -543,7 +547,7 @@ def _first_error(stderr: str) -> str:
     return ""
 
 
-def read(path: str, source: str, options: CaptureOptions, keylog: str | None) -> Iterator:
+def read(path: str, source: str, options: CaptureOptions, keylog: str | None) -> Iterator[RawBatch | ConnMeta]:
     """Yield RawBatch frames (in frame order) and, at the end, one ConnMeta with every connection."""
     cmd = command(path, options, keylog)
     reader = _Reader(source, options)
