@@ -201,6 +201,26 @@ def test_consumer_stopping_early_kills_tshark(monkeypatch: pytest.MonkeyPatch) -
     assert started and started[0].poll() is not None
 
 
+def test_a_packet_tshark_describes_without_its_tcp_fields_is_skipped_and_noted(monkeypatch, tmp_path) -> None:
+    """One damaged packet description in tshark's output costs that packet only: every message around it is
+    decoded and a note says how many were skipped. (tshark cannot be made to print such a packet, so its
+    real output is replayed with one damaged line spliced in.)"""
+    path = CAPTURES / "ws_plain.pcapng"
+    real = subprocess.run(tshark_engine.command(str(path), CaptureOptions(engine="tshark"), None),
+                          capture_output=True, check=True).stdout.splitlines(keepends=True)  # fmt: skip
+    packets = [i for i, line in enumerate(real) if line.startswith(b'{"timestamp"')]
+    damaged = b'{"timestamp":"0","layers":{"tcp_stream":["0"],"ip_src":["10.0.0.1"],"ip_dst":["10.0.0.2"]}}\n'
+    out = tmp_path / "ek.txt"
+    out.write_bytes(b"".join(real[: packets[len(packets) // 2]] + [damaged] + real[packets[len(packets) // 2] :]))
+    want = tshark_tables(path)
+    monkeypatch.setattr(tshark_engine, "command", lambda *a, **k: [sys.executable, "-c",
+                        f"import sys; sys.stdout.buffer.write(open({str(out)!r}, 'rb').read())"])  # fmt: skip
+    got = tshark_tables(path)
+    assert got.messages.height == want.messages.height > 0
+    assert got.messages["payload"].to_list() == want.messages["payload"].to_list()
+    assert any("1 packet(s) that tshark described" in n for n in got.notes), got.notes
+
+
 @pytest.mark.shared
 @pytest.mark.parametrize("rel", sorted(PUBLIC_COUNTS))
 def test_public_capture_counts(rel: str) -> None:

@@ -35,7 +35,7 @@ from typing import Any, cast
 import orjson
 import polars as pl
 
-from ..base import CONN_META_SCHEMA, RAW_SCHEMA, ConnMeta, RawBatch, SourceError
+from ..base import CONN_META_SCHEMA, RAW_SCHEMA, ConnMeta, RawBatch, SourceError, SourceNote
 from . import CaptureOptions
 from ._http import auth_summary, request_target
 
@@ -547,10 +547,15 @@ def _first_error(stderr: str) -> str:
     return ""
 
 
-def read(path: str, source: str, options: CaptureOptions, keylog: str | None) -> Iterator[RawBatch | ConnMeta]:
-    """Yield RawBatch frames (in frame order) and, at the end, one ConnMeta with every connection."""
+def read(
+    path: str, source: str, options: CaptureOptions, keylog: str | None
+) -> Iterator[RawBatch | ConnMeta | SourceNote]:
+    """Yield RawBatch frames (in frame order) and, at the end, one ConnMeta with every connection (and a
+    SourceNote if tshark described packets without the fields every TCP packet has: they are skipped, so
+    one odd packet never costs the rest of the capture)."""
     cmd = command(path, options, keylog)
     reader = _Reader(source, options)
+    skipped = 0
     env = {**os.environ, "LC_ALL": "C.UTF-8"}
     with tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL, env=env)
@@ -563,7 +568,10 @@ def read(path: str, source: str, options: CaptureOptions, keylog: str | None) ->
                     layers = orjson.loads(line).get("layers") or {}
                 except orjson.JSONDecodeError:
                     continue
-                reader.packet(layers)
+                try:
+                    reader.packet(layers)
+                except (KeyError, IndexError, TypeError, ValueError):
+                    skipped += 1
                 if len(reader.out) >= BATCH_ROWS:
                     batch = reader.take()
                     if batch is not None:
@@ -587,3 +595,6 @@ def read(path: str, source: str, options: CaptureOptions, keylog: str | None) ->
     if batch is not None:
         yield batch
     yield ConnMeta(reader.meta())
+    if skipped:
+        yield SourceNote(f"{source}: {skipped} packet(s) that tshark described without a frame number, time or "
+                         "TCP ports were skipped")
