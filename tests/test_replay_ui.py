@@ -68,6 +68,9 @@ def test_the_live_view_shows_each_charge_point_and_its_keys_pause_step_resume(re
                 rows = {cp: table.row(cp) for cp in ("UI-1", "UI-2")}
                 assert [rows[cp][1] for cp in rows] == ["done", "done"]
                 assert rows["UI-1"][3] == "7001"  # the id the live CSMS issued
+                recorded_201 = {e.payload["transactionInfo"]["transactionId"] for e in plan.by_target()["UI-2"].charger_calls
+                                if e.action == "TransactionEvent"}  # fmt: skip
+                assert rows["UI-2"][3] in recorded_201  # 2.0.1: the id the charger chose, as recorded
                 assert int(rows["UI-1"][4]) == app.result.stats["UI-1"].sent > 5
                 assert rows["UI-1"][7] == "0"
                 shown = str(table.render())

@@ -93,6 +93,11 @@ class Peer:
         if isinstance(payload, dict):
             ev.connector = payload.get("connectorId", payload.get("evseId"))
             ev.transaction = payload.get("transactionId")
+            info, evse = payload.get("transactionInfo"), payload.get("evse")
+            if ev.transaction is None and isinstance(info, dict):  # 2.0.1/2.1 TransactionEvent
+                ev.transaction = info.get("transactionId")
+            if ev.connector is None and isinstance(evse, dict):
+                ev.connector = evse.get("id")
         self.sink(ev)
 
     out_dir = CP  # overridden by the CSMS shell
@@ -122,6 +127,10 @@ class Peer:
         self.tx.learn(ex.action, ex.answer_payload, live.payload)
         if ex.action == "StartTransaction" and live.payload:
             self.stats.transaction = live.payload.get("transactionId")
+        elif ex.action == "TransactionEvent":  # 2.0.1/2.1: the charger names the transaction itself
+            info = payload.get("transactionInfo")
+            if isinstance(info, dict) and info.get("transactionId"):
+                self.stats.transaction = info["transactionId"]
         return live
 
     def on_response(self, msg: list[Any], text: str) -> None:
