@@ -69,7 +69,7 @@ def test_view_of_the_proxy_shows_a_charger_connect_charge_and_close(tmp_path):
                 while not charger.done():
                     if chargers.row_count:
                         row = chargers.get_row("CP-UI")
-                        seen_tx |= row[1] == "connected" and row[7] != ""
+                        seen_tx |= row[1] == "connected" and row[2] != ""  # the transactions column
                     await pilot.pause(0.05)
                 await charger
                 await _until(pilot, lambda: chargers.get_row("CP-UI")[1].startswith("closed"))

@@ -40,12 +40,13 @@ class ChargerRow:
         status = ", ".join(f"{k}:{v}" for k, v in sorted(self.statuses.items()))
         txs = ", ".join(f"{t}@{c}" for t, c in self.transactions.items())
         last = self.last_ts.strftime("%H:%M:%S") if self.last_ts else ""
-        return (self.charge_point_id, self.state, self.version, str(self.messages), self.last_action, last,
-                status, txs)  # fmt: skip
+        return (self.charge_point_id, self.state, txs, status, self.version, str(self.messages), self.last_action,
+                last)  # fmt: skip
 
 
-CHARGER_COLUMNS = ("charge point", "state", "version", "msgs", "last action", "last seen", "connectors",
-                   "transactions")  # fmt: skip
+# what matters most first: the chargers pane is narrow and the rest scrolls
+CHARGER_COLUMNS = ("charge point", "state", "transactions", "connectors", "version", "msgs", "last action",
+                   "last seen")  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
