@@ -71,6 +71,19 @@ class Peer:
         self.conn = ""
         self.ws: Any = None
         self.closed = False
+        self.next = 0  #: index of the next own call to send
+        self.live: list[Live | None] = [None] * len(self.own_calls)  #: what the peer answered to each own call
+        self.peer_actions: list[str] = []  #: actions of the calls the live peer made
+
+    @property
+    def own_calls(self) -> list[Exchange]:
+        """The recorded calls this side sends (the shells say which side they play)."""
+        raise NotImplementedError
+
+    @property
+    def peer_calls(self) -> list[Exchange]:
+        """The recorded calls the other side made (with this side's recorded answers)."""
+        raise NotImplementedError
 
     def state(self, state: str, detail: str = "") -> None:
         self.stats.state = state
@@ -174,7 +187,17 @@ class Peer:
         return shift_timestamps(body, self.shift) if self.shift else body
 
     def on_call(self, action: str, payload: Any) -> None:
-        """Hook: a live CALL arrived (shells note it for the extra/missing call comparison)."""
+        """A live CALL arrived: noted for the extra/missing call comparison."""
+        self.peer_actions.append(action)
+
+    def divergences(self) -> list:
+        cp = self.s.target_id
+        out = []
+        for ex, live in zip(self.own_calls, self.live, strict=True):
+            out.extend(compare_exchange(cp, ex, live, slow_factor=self.opts.slow_factor,
+                                        slow_floor_ms=self.opts.slow_floor_ms))  # fmt: skip
+        out.extend(compare_calls(cp, [e.action for e in self.peer_calls], self.peer_actions))
+        return out
 
     async def reader(self, ws: Any, book: list[Exchange]) -> None:
         """Receive until the connection closes; answers run one at a time, in arrival order."""
@@ -215,12 +238,14 @@ class ChargerShell(Peer):
     def __init__(self, *args: Any, url: str) -> None:
         super().__init__(*args)
         self.url = url
-        self.next = 0
-        self.live: list[Live | None] = [None] * len(self.s.charger_calls)
-        self.live_csms_actions: list[str] = []
 
-    def on_call(self, action: str, payload: Any) -> None:
-        self.live_csms_actions.append(action)
+    @property
+    def own_calls(self) -> list[Exchange]:
+        return self.s.charger_calls
+
+    @property
+    def peer_calls(self) -> list[Exchange]:
+        return self.s.csms_calls
 
     async def connect(self) -> ClientConnection:
         return await connect(
@@ -236,7 +261,7 @@ class ChargerShell(Peer):
         )
 
     async def run(self) -> None:
-        calls = self.s.charger_calls
+        calls = self.own_calls
         failures = 0
         await self.control.wait_until(self.s.first_offset, step=False)
         while not self.control.quitting:
@@ -262,7 +287,7 @@ class ChargerShell(Peer):
             self.ws, self.conn = ws, f"{self.s.target_id}#{self.stats.connections}"
             self.state("connected")
             self.closed = False
-            reader = asyncio.create_task(self.reader(ws, self.s.csms_calls))
+            reader = asyncio.create_task(self.reader(ws, self.peer_calls))
             try:
                 while self.next < len(calls):
                     ex = calls[self.next]
@@ -294,19 +319,10 @@ class ChargerShell(Peer):
         if last > self.control.clock():
             await self.control.wait_until(last, step=False)
         deadline = time.monotonic() + self.opts.linger_s
-        while time.monotonic() < deadline and len(self.live_csms_actions) < len(self.s.csms_calls):
+        while time.monotonic() < deadline and len(self.peer_actions) < len(self.s.csms_calls):
             if reader.done():
                 return
             await asyncio.sleep(0.02)
-
-    def divergences(self) -> list:
-        cp = self.s.target_id
-        out = []
-        for ex, live in zip(self.s.charger_calls, self.live, strict=True):
-            out.extend(compare_exchange(cp, ex, live, slow_factor=self.opts.slow_factor,
-                                        slow_floor_ms=self.opts.slow_floor_ms))  # fmt: skip
-        out.extend(compare_calls(cp, [e.action for e in self.s.csms_calls], self.live_csms_actions))
-        return out
 
 
 def target_url(base: str, cp_id: str) -> str:

@@ -18,7 +18,6 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from .as_charger import Peer
-from .divergence import Live, compare_calls, compare_exchange
 from .plan import Exchange, Plan
 from .runtime import Control, Event, Quit, ReplayOptions, ReplayResult, Sink
 from .transcript import Transcript
@@ -32,9 +31,6 @@ class CsmsShell(Peer):
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
-        self.next = 0
-        self.live: list[Live | None] = [None] * len(self.s.csms_calls)
-        self.live_charger_actions: list[str] = []
         recorded = [
             e.answer_payload.get("transactionId")
             for e in self.s.charger_calls
@@ -46,8 +42,16 @@ class CsmsShell(Peer):
         self.finished = asyncio.Event()
         self.last_frame = time.monotonic()
 
+    @property
+    def own_calls(self) -> list[Exchange]:
+        return self.s.csms_calls
+
+    @property
+    def peer_calls(self) -> list[Exchange]:
+        return self.s.charger_calls
+
     def on_call(self, action: str, payload: Any) -> None:
-        self.live_charger_actions.append(action)
+        super().on_call(action, payload)
         self.last_frame = time.monotonic()
 
     def answer_payload(self, ex: Exchange, live_call: Any) -> dict[str, Any]:
@@ -69,11 +73,11 @@ class CsmsShell(Peer):
         self.ws, self.conn = ws, f"{self.s.target_id}#{self.stats.connections}"
         self.state("connected")
         self.closed = False
-        reader = asyncio.create_task(self.reader(ws, self.s.charger_calls))
+        reader = asyncio.create_task(self.reader(ws, self.peer_calls))
         base = self.control.clock() - self.s.first_offset
         try:
-            while self.next < len(self.s.csms_calls):
-                ex = self.s.csms_calls[self.next]
+            while self.next < len(self.own_calls):
+                ex = self.own_calls[self.next]
                 await self.control.wait_until(base + ex.offset)
                 self.live[self.next] = await self.call(ex)
                 self.next += 1
@@ -85,15 +89,6 @@ class CsmsShell(Peer):
         finally:
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
-
-    def divergences(self) -> list:
-        cp = self.s.target_id
-        out = []
-        for ex, live in zip(self.s.csms_calls, self.live, strict=True):
-            out.extend(compare_exchange(cp, ex, live, slow_factor=self.opts.slow_factor,
-                                        slow_floor_ms=self.opts.slow_floor_ms))  # fmt: skip
-        out.extend(compare_calls(cp, [e.action for e in self.s.charger_calls], self.live_charger_actions))
-        return out
 
 
 def _charge_point(ws: ServerConnection) -> str:
