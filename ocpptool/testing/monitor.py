@@ -14,9 +14,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
-
 from ..monitor.engine import MonitorOptions, Stats, run_monitor
 from ..monitor.events import ConnEvent
 from ..monitor.live import ChargerRow, FrameInfo
@@ -28,8 +25,9 @@ from .peers import (
     ChargerConfig,
     ChargerReport,
     JsonlRecorder,
-    _Stop,
     _utc_now,
+    connect_charger,
+    drive,
 )
 
 
@@ -105,10 +103,8 @@ async def run_recorded_charger(cfg: ChargerConfig, url: str, log: JsonlRecorder,
     With ``latencies``, the time from each CALL the charger sends to its response is appended (seconds).
     """
     cls = Charger16 if cfg.version == "1.6" else Charger201
-    sub = SUBPROTOCOLS[cfg.version]
-    async with connect(f"{url.rstrip('/')}/{cfg.id}", subprotocols=[sub], open_timeout=10,  # type: ignore[list-item]
-                       close_timeout=2, ping_interval=None) as ws:  # fmt: skip
-        end = _ChargerEnd(ws, log, cfg.id, sub)
+    async with connect_charger(cfg, url, open_timeout=10) as ws:
+        end = _ChargerEnd(ws, log, cfg.id, SUBPROTOCOLS[cfg.version])
         cp = cls(cfg.id, end, response_timeout=cfg.response_timeout, logger=LOGGER)
         cp._setup(cfg)
         if latencies is not None:
@@ -121,12 +117,5 @@ async def run_recorded_charger(cfg: ChargerConfig, url: str, log: JsonlRecorder,
                 return result
 
             cp.call = timed  # type: ignore[method-assign]
-        reader = asyncio.create_task(cp.start())
-        try:
-            with contextlib.suppress(_Stop, ConnectionClosed):
-                await asyncio.wait_for(cp.script(), timeout=cfg.max_duration)
-        finally:
-            await cp._cancel_tasks()
-            reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
+        await drive(cp, cp.script(), cfg.max_duration)
     return cp.report

@@ -1143,6 +1143,30 @@ class Charger201(_ChargerMixin, v201.ChargePoint):
 # --------------------------------------------------------------------------- runners
 
 
+def connect_charger(cfg: ChargerConfig, csms_url: str, *, open_timeout: float = 5) -> Any:
+    """The WebSocket a charger opens: ``csms_url`` + ``/<cfg.id>``, its version's subprotocol, no pings."""
+    return connect(
+        f"{csms_url.rstrip('/')}/{cfg.id}",
+        subprotocols=[SUBPROTOCOLS[cfg.version]],  # type: ignore[list-item]
+        open_timeout=open_timeout,
+        close_timeout=2,
+        ping_interval=None,
+    )
+
+
+async def drive(cp: Any, work: Awaitable[Any], timeout: float, *tolerated: type[BaseException]) -> None:
+    """Run a charger's ``work`` while its reader runs; a scripted stop, a closed connection and ``tolerated``
+    errors end it quietly, and its tasks and reader are always cleaned up."""
+    reader = asyncio.create_task(cp.start())
+    try:
+        with contextlib.suppress(_Stop, ConnectionClosed, *tolerated):
+            await asyncio.wait_for(work, timeout=timeout)
+    finally:
+        await cp._cancel_tasks()
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+
+
 async def run_charger(cfg: ChargerConfig, csms_url: str) -> ChargerReport:
     """Connect ``cfg`` to ``csms_url`` (``/<cfg.id>`` is appended) and run its script to the end."""
     if cfg.version not in SUBPROTOCOLS:
@@ -1150,45 +1174,19 @@ async def run_charger(cfg: ChargerConfig, csms_url: str) -> ChargerReport:
     cls = Charger16 if cfg.version == "1.6" else Charger201
     for _ in range(cfg.faults.reboots):
         await _boot_and_drop(cls, cfg, csms_url)
-    async with connect(
-        f"{csms_url.rstrip('/')}/{cfg.id}",
-        subprotocols=[SUBPROTOCOLS[cfg.version]],  # type: ignore[list-item]
-        open_timeout=5,
-        close_timeout=2,
-        ping_interval=None,
-    ) as ws:
+    async with connect_charger(cfg, csms_url) as ws:
         cp = cls(cfg.id, ws, response_timeout=cfg.response_timeout, logger=LOGGER)
         cp._setup(cfg)
-        reader = asyncio.create_task(cp.start())
-        try:
-            with contextlib.suppress(_Stop, ConnectionClosed):
-                await asyncio.wait_for(cp.script(), timeout=cfg.max_duration)
-        finally:
-            await cp._cancel_tasks()
-            reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
+        await drive(cp, cp.script(), cfg.max_duration)
     return cp.report
 
 
 async def _boot_and_drop(cls: type, cfg: ChargerConfig, csms_url: str) -> None:
     """One iteration of a boot loop: connect, BootNotification, connection gone."""
-    async with connect(
-        f"{csms_url.rstrip('/')}/{cfg.id}",
-        subprotocols=[SUBPROTOCOLS[cfg.version]],  # type: ignore[list-item]
-        open_timeout=5,
-        close_timeout=2,
-        ping_interval=None,
-    ) as ws:
+    async with connect_charger(cfg, csms_url) as ws:
         cp = cls(cfg.id, ws, response_timeout=cfg.response_timeout, logger=LOGGER)
         cp._setup(cfg)
-        reader = asyncio.create_task(cp.start())
-        try:
-            with contextlib.suppress(_Stop, ConnectionClosed, TimeoutError):
-                await asyncio.wait_for(cp.boot(), timeout=cfg.response_timeout * 2)
-        finally:
-            await cp._cancel_tasks()
-            reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
+        await drive(cp, cp.boot(), cfg.response_timeout * 2, TimeoutError)
 
 
 async def run_fleet(
