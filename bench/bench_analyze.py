@@ -29,9 +29,7 @@ import json
 import os
 import platform
 import re
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -39,48 +37,7 @@ ROOT = HERE.parent
 OUT = HERE / "out"
 sys.path.insert(0, str(HERE))
 
-import gen_fleet  # noqa: E402
-
-
-def input_file(messages: int, chargers: int = 300, seed: int = 1, quiet: bool = False) -> tuple[Path, dict]:
-    """The generated JSON lines fleet log (the same file bench_decode.py uses), made now unless it exists."""
-    path = OUT / f"fleet-jsonl-{messages}-c{chargers}-s{seed}.jsonl"
-    meta_path = Path(str(path) + ".meta.json")
-    want = {"format": "jsonl", "messages": messages, "chargers": chargers, "seed": seed, "gzip": False,
-            "share_201": 0.04}
-    if path.exists() and meta_path.exists():
-        meta = json.loads(meta_path.read_text())
-        if (meta.get("params") == want and meta.get("generator_version") == gen_fleet.GENERATOR_VERSION
-                and meta.get("bytes") == path.stat().st_size):
-            return path, meta
-    if not quiet:
-        print(f"generating {path.name} ...", file=sys.stderr, flush=True)
-    meta = gen_fleet.generate(str(path), fmt="jsonl", messages=messages, chargers=chargers, seed=seed, quiet=True)
-    return path, meta
-
-
-def cli() -> list[str]:
-    exe = Path(sys.executable).parent / "ocpptool"
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "ocpptool"]
-
-
-def run_child(cmd: list[str], stdout: Path | None = None, env: dict | None = None) -> dict:
-    """Run ``cmd``: wall seconds, the child's CPU seconds and peak RSS (MB) from wait4, exit code, stderr."""
-    errf = OUT / ".analyze-stderr.txt"
-    with open(errf, "wb") as err, open(stdout or os.devnull, "wb") as out:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=ROOT, env=env)
-        _, status, ru = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return {
-        "seconds": wall,
-        "cpu_seconds": ru.ru_utime + ru.ru_stime,
-        "peak_rss_mb": ru.ru_maxrss / 1024,
-        "exit_code": proc.returncode,
-        "stderr": errf.read_text(errors="replace").strip(),
-        "load_before": os.getloadavg()[0],
-    }
+from bench_decode import cli_command, input_file, run_child  # noqa: E402
 
 
 def check_decode(parquet: Path, meta: dict) -> list[str]:
@@ -120,7 +77,7 @@ _TIMING = re.compile(r"^timing (.+?)\s+wall\s+([\d.]+) s\s+cpu\s+([\d.]+) s$")
 
 def breakdown(path: Path) -> tuple[list[dict], dict]:
     env = dict(os.environ, OCPPTOOL_TIMINGS="1")
-    r = run_child([*cli(), "analyze", str(path), "--format", "json", "-q"], env=env)
+    r = run_child([*cli_command(), "analyze", str(path), "--format", "json", "-q"], env=env)
     steps = []
     for line in r["stderr"].splitlines():
         m = _TIMING.match(line.strip())
@@ -139,12 +96,12 @@ def main(argv: list[str] | None = None) -> int:
     if a.quick:
         a.messages, a.repeat = 100_000, 1
     OUT.mkdir(parents=True, exist_ok=True)
-    path, meta = input_file(a.messages)
+    path, meta = input_file("jsonl", a.messages, 300, 1, quiet=False)
     parquet = OUT / f"{path.name}.parquet"
     report = OUT / f"{path.name}.report.json"
     cases = {
-        "decode": ([*cli(), "decode", str(path), "-o", str(parquet), "-q"], None),
-        "analyze": ([*cli(), "analyze", str(path), "--format", "json", "-q"], report),
+        "decode": ([*cli_command(), "decode", str(path), "-o", str(parquet), "-q"], None),
+        "analyze": ([*cli_command(), "analyze", str(path), "--format", "json", "-q"], report),
     }
     starts = starts_16(path)
     runs: dict[str, list[dict]] = {name: [] for name in cases}
@@ -153,7 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     for i in range(a.repeat):
         for name, (cmd, stdout) in cases.items():
             print(f"{name} run {i + 1}/{a.repeat} ...", file=sys.stderr, flush=True)
+            load = os.getloadavg()[0]
             r = run_child(cmd, stdout)
+            r["load_before"] = load
             runs[name].append(r)
             if r["exit_code"] != 0:
                 problems.append(f"{name} exited {r['exit_code']}: {r['stderr'][-300:]}")

@@ -62,12 +62,13 @@ def cli_command() -> list[str]:
     return [exe] if exe else [sys.executable, "-m", "ocpptool"]
 
 
-def run_child(cmd: list[str]) -> dict:
-    """Run ``cmd``; wall seconds, the child's peak RSS (MB) and CPU seconds (from wait4), exit code, stderr."""
+def run_child(cmd: list[str], stdout: Path | None = None, env: dict | None = None) -> dict:
+    """Run ``cmd`` (stdout to ``stdout`` or nowhere); wall seconds, the child's peak RSS (MB) and CPU seconds
+    (from wait4), exit code, stderr."""
     errf = OUT / ".stderr.txt"
-    with open(errf, "wb") as err:
+    with open(errf, "wb") as err, open(stdout or os.devnull, "wb") as out:
         t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, cwd=ROOT)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=ROOT, env=env)
         _, status, ru = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t0
     proc.returncode = os.waitstatus_to_exitcode(status)  # already reaped: keep Popen from waiting again
