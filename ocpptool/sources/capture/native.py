@@ -418,13 +418,25 @@ class _Engine:
         else:
             self._head(conn, d, data, pos, ts)
 
+    @staticmethod
+    def _joined(d: _Dir) -> bytes:
+        """Everything buffered, as one string; the buffer is emptied."""
+        data = b"".join(d.parts)
+        d.parts = []
+        d.have = d.need = 0
+        return data
+
     def _take_buffer(self, d: _Dir, data: bytes) -> bytes:
         if d.parts:
             d.parts.append(data)
-            data = b"".join(d.parts)
-            d.parts = []
-            d.have = d.need = 0
+            return self._joined(d)
         return data
+
+    def _gather(self, d: _Dir, data: bytes) -> bytes | None:
+        """Buffer ``data``; once ``d.need`` bytes are buffered, all of them (None: keep waiting)."""
+        d.parts.append(data)
+        d.have += len(data)
+        return None if d.have < d.need else self._joined(d)
 
     def _keep(self, d: _Dir, rest: bytes, need: int = 0) -> None:
         d.parts = [rest] if rest else []
@@ -432,9 +444,7 @@ class _Engine:
         d.need = need
 
     def _to_ws(self, conn: _Conn, d: _Dir, pos: int, ts: int) -> None:
-        data = b"".join(d.parts)
-        d.parts = []
-        d.have = d.need = 0
+        data = self._joined(d)
         d.state = WS
         if data:
             self._ws(conn, d, data, pos, ts)
@@ -550,14 +560,11 @@ class _Engine:
 
     # -- finding frames without a handshake, or after a gap -------------------------------------------
     def _sync(self, conn: _Conn, d: _Dir, data: bytes, pos: int, ts: int) -> None:
-        if d.parts:
-            d.parts.append(data)
-            d.have += len(data)
-            if d.have < d.need:
+        if d.parts:  # a frame header or body was cut: wait until what it needs is here
+            joined = self._gather(d, data)
+            if joined is None:
                 return
-            data = b"".join(d.parts)
-            d.parts = []
-            d.have = d.need = 0
+            data = joined
         n = len(data)
         i = 0
         limit = d.scan_limit - d.scanned
@@ -653,14 +660,11 @@ class _Engine:
 
     # -- WebSocket frames -----------------------------------------------------------------------------
     def _ws(self, conn: _Conn, d: _Dir, data: bytes, pos: int, ts: int) -> None:
-        if d.parts:
-            d.parts.append(data)
-            d.have += len(data)
-            if d.have < d.need:
+        if d.parts:  # a frame header or body was cut: wait until what it needs is here
+            joined = self._gather(d, data)
+            if joined is None:
                 return
-            data = b"".join(d.parts)
-            d.parts = []
-            d.have = d.need = 0
+            data = joined
         n = len(data)
         i = 0
         while True:
