@@ -154,10 +154,13 @@ class Records:
             first = False
             body = pos + 8
             bend = pos + blen - 4
-            if btype == 6:  # enhanced packet block
+            if btype == 6 or btype == 2:  # enhanced packet block, or the obsolete packet block
                 if bend - body < 20:
                     continue
-                ifid, hi, lo, caplen, _orig = struct.unpack_from(order + "IIIII", buf, body)
+                if btype == 6:
+                    ifid, hi, lo, caplen, _orig = struct.unpack_from(order + "IIIII", buf, body)
+                else:
+                    ifid, _drops, hi, lo, caplen, _orig = struct.unpack_from(order + "HHIIII", buf, body)
                 if ifid >= len(ifaces):
                     continue
                 lt, mul, div, off = ifaces[ifid]
@@ -176,18 +179,6 @@ class Records:
                 n += 1
                 self.packets = n
                 yield n, last_ts, ifaces[0][0], data
-            elif btype == 2:  # obsolete packet block
-                if bend - body < 20:
-                    continue
-                ifid, _drops, hi, lo, caplen, _orig = struct.unpack_from(order + "HHIIII", buf, body)
-                if ifid >= len(ifaces):
-                    continue
-                lt, mul, div, off = ifaces[ifid]
-                data = buf[body + 20 : min(body + 20 + caplen, bend)]
-                last_ts = ((hi << 32) | lo) * mul // div + off
-                n += 1
-                self.packets = n
-                yield n, last_ts, lt, data
             # any other block (SHB body, name resolution, statistics, custom ...) is skipped
 
 
