@@ -6,6 +6,7 @@ analysis (:mod:`.live`) -> a view (:class:`~.engine.LineView`, or the Textual ap
 ``ocpptool.ui.monitor_app``).
 """
 
-from .engine import LineView, MonitorOptions, Stats, parse_listen, run_monitor
+from ..listen import parse_listen
+from .engine import LineView, MonitorOptions, Stats, run_monitor
 
 __all__ = ["LineView", "MonitorOptions", "Stats", "parse_listen", "run_monitor"]

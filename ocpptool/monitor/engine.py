@@ -75,13 +75,6 @@ class Stats:
     recordings: list[str] = field(default_factory=list)
 
 
-def parse_listen(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise UserError(f"--listen {text!r}: expected HOST:PORT or :PORT (e.g. 0.0.0.0:9000)")
-    return (host.strip("[]") or "0.0.0.0"), int(port)
-
-
 def _readable(path: str | None, option: str) -> None:
     import os
 

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from ..errors import ExitStatus, UserError
+from ..listen import parse_listen
 from .plan import Plan, build_plan, describe, parse_map
 from .runtime import Control, Event, ReplayOptions, ReplayResult
 
@@ -79,13 +80,6 @@ def check_target(target: str) -> str:
     except ValueError:
         raise UserError(f"--target {target!r}: bad port") from None
     return target
-
-
-def parse_listen(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise UserError(f"--listen {text!r}: expected HOST:PORT (e.g. 0.0.0.0:9000 or :9000)")
-    return (host.strip("[]") or "0.0.0.0", int(port))
 
 
 def read_auth(path: str) -> dict[str, str]:
