@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from ..errors import UserError
+from ..listen import client_tls, server_tls
 from .events import ConnEvent, Seen
 from .live import (
     ChargerRow,
@@ -91,24 +92,12 @@ def ssl_contexts(o: MonitorOptions) -> tuple[ssl.SSLContext | None, ssl.SSLConte
     if o.cert or o.key:
         if not (o.cert and o.key):
             raise UserError("--cert and --key go together (the listener's certificate chain and its private key)")
-        server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        try:
-            server.load_cert_chain(o.cert, o.key)
-            if o.client_ca:
-                server.load_verify_locations(o.client_ca)
-                server.verify_mode = ssl.CERT_REQUIRED
-        except (ssl.SSLError, OSError) as exc:
-            raise UserError(f"--cert/--key: cannot load ({exc})") from None
+        server = server_tls(o.cert, o.key, o.client_ca, "--cert/--key")
     elif o.client_ca:
         raise UserError("--client-ca needs --cert and --key (client certificates need a TLS listener)")
     upstream = None
     if o.upstream and o.upstream.startswith("wss://"):
-        try:
-            upstream = ssl.create_default_context(cafile=o.ca)
-            if o.upstream_cert:
-                upstream.load_cert_chain(o.upstream_cert, o.upstream_key)
-        except (ssl.SSLError, OSError) as exc:
-            raise UserError(f"--ca/--upstream-cert: cannot load ({exc})") from None
+        upstream = client_tls(o.ca, o.upstream_cert, o.upstream_key, "--ca/--upstream-cert")
     elif o.ca or o.upstream_cert:
         raise UserError("--ca and --upstream-cert are for a wss:// upstream")
     return server, upstream

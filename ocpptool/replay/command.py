@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from ..errors import ExitStatus, UserError
-from ..listen import parse_listen
+from ..listen import client_tls, parse_listen, server_tls
 from .plan import Plan, build_plan, describe, parse_map
 from .runtime import Control, Event, ReplayOptions, ReplayResult
 
@@ -100,17 +100,6 @@ def read_auth(path: str) -> dict[str, str]:
     return out
 
 
-def tls_context(ca: str | None, cert: str | None, key: str | None) -> ssl.SSLContext:
-    try:
-        ctx = ssl.create_default_context(cafile=ca)
-        if cert:
-            ctx.load_cert_chain(cert, key)
-    except (OSError, ssl.SSLError) as exc:
-        which = "--cert/--key" if cert and ca is None else "--ca/--cert/--key"
-        raise UserError(f"{which}: cannot load ({getattr(exc, 'strerror', None) or exc})") from None
-    return ctx
-
-
 def check(args: ReplayArgs) -> ReplayOptions:
     """Turn the command line into options, or raise one clear UserError."""
     opts = ReplayOptions(speed=parse_speed(args.speed), keep_message_ids=args.keep_message_ids,
@@ -140,17 +129,11 @@ def check(args: ReplayArgs) -> ReplayOptions:
             raise UserError("--as csms serves TLS with --cert/--key (and --ca to require client certificates)")
     if args.cert or args.ca:
         if args.role == "csms":
-            try:
-                ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-                ctx.load_cert_chain(args.cert, args.key)  # type: ignore[arg-type]
-                if args.ca:
-                    ctx.load_verify_locations(args.ca)
-                    ctx.verify_mode = ssl.CERT_REQUIRED
-            except (OSError, ssl.SSLError) as exc:
-                raise UserError(f"--cert/--key/--ca: cannot load ({getattr(exc, 'strerror', None) or exc})") from None
-            opts.ssl_context = ctx
+            assert args.cert is not None  # checked above: as a CSMS, --ca needs --cert
+            opts.ssl_context = server_tls(args.cert, args.key, args.ca, "--cert/--key/--ca")
         else:
-            opts.ssl_context = tls_context(args.ca, args.cert, args.key)
+            which = "--cert/--key" if args.cert and args.ca is None else "--ca/--cert/--key"
+            opts.ssl_context = client_tls(args.ca, args.cert, args.key, which)
     elif opts.target and opts.target.startswith("wss://"):
         opts.ssl_context = ssl.create_default_context()
     try:
