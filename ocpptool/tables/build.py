@@ -226,9 +226,12 @@ def _correlate(msgs: pl.DataFrame) -> pl.DataFrame:
     # A stable sort by the hash puts each group's rows next to each other in file order, so the common case
     # (a group of exactly one CALL and one response, directions known) is read off neighbouring rows.
     ev = (
-        msgs.filter(is_call | is_resp)
-        .select("idx", "conn", "message_id", "direction", "message_type", _k=pl.struct("conn", "message_id").hash())
+        msgs.lazy()  # lazy, so that only these columns are filtered (not every column of the table)
+        .select("idx", "conn", "message_id", "direction", "message_type")
+        .filter(is_call | is_resp)
+        .with_columns(_k=pl.struct("conn", "message_id").hash())
         .sort("_k", maintain_order=True)
+        .collect()
     )
     k = pl.col("_k")
 
@@ -297,14 +300,19 @@ def _correlate(msgs: pl.DataFrame) -> pl.DataFrame:
 def _versions(msgs: pl.DataFrame) -> pl.DataFrame:
     """Per connection: the subprotocol's version, else inferred from actions and payload keys."""
     by_proto = (
-        msgs.filter(pl.col("subprotocol").is_not_null()).group_by("conn").agg(pl.col("subprotocol").first())
+        msgs.lazy()
+        .select("conn", "subprotocol")
+        .filter(pl.col("subprotocol").is_not_null())
+        .group_by("conn")
+        .agg(pl.col("subprotocol").first())
+        .collect()
     )
     known = {c: from_subprotocol(s) for c, s in by_proto.iter_rows()}
     unknown = [c for c, v in known.items() if v is None]
-    calls = msgs.filter(
+    calls = msgs.lazy().select("conn", "message_type", "action", "payload").filter(
         pl.col("message_type").is_in(["CALL", "SEND"])
         & (~pl.col("conn").is_in(list(known)) | pl.col("conn").is_in(unknown))
-    )
+    ).collect()
     fam = pl.col("action").replace_strict(_FAMILY, default=None)
     keys2x = pl.col("payload").str.contains(
         r'"(?:chargingStation|evseId|idToken|connectorStatus|transactionInfo)"'
