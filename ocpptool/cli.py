@@ -279,6 +279,7 @@ def replay(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="With --no-tui: print every frame.")] = False,
     response_timeout: Annotated[float, typer.Option("--response-timeout", help="Seconds to wait for an answer.")] = 10.0,
     reconnects: Annotated[int, typer.Option("--reconnects", help="Reconnect attempts in a row before a charge point gives up (exit 4).")] = 5,
+    idle_timeout: Annotated[float, typer.Option("--idle-timeout", help="As a CSMS: stop after this many seconds without traffic.")] = 60.0,
     no_shift: Annotated[bool, typer.Option("--no-time-shift", help="Keep payload timestamps as recorded.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
     input_format: InputFormatOpt = None,

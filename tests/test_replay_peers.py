@@ -439,3 +439,16 @@ def test_the_cli_as_csms_serves_a_real_charge_point_and_records_it(recorded, tmp
     messages = load([str(trace)], progress=False)[0].messages
     sent = messages.filter((messages["direction"] == "csms->cp") & (messages["message_type"] == "CALL"))
     assert sent["action"].to_list() == [c.action for c in CSMS_CALLS_16]
+
+
+def test_as_csms_stops_after_the_idle_timeout_when_no_charger_comes(recorded):
+    """`replay --as csms --idle-timeout 1` with no charger connecting ends by itself after about a second."""
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    out = cli(str(recorded), "--as", "csms", "--listen", f"127.0.0.1:{port}", "--idle-timeout", "1", "--no-tui")
+    assert out.returncode == 0, out.stderr
+    assert "note: stopped after 1 s without traffic" in out.stdout
+    bad = cli(str(recorded), "--as", "csms", "--listen", f"127.0.0.1:{port}", "--idle-timeout", "0", "--no-tui")
+    assert bad.returncode == 2 and "--idle-timeout" in bad.stderr

@@ -49,6 +49,7 @@ class ReplayArgs:
     verbose: bool = False
     response_timeout: float = 10.0
     reconnects: int = 5
+    idle_timeout: float = 60.0
     no_shift: bool = False
     quiet: bool = False
     input_format: str | None = None
@@ -104,7 +105,7 @@ def check(args: ReplayArgs) -> ReplayOptions:
     """Turn the command line into options, or raise one clear UserError."""
     opts = ReplayOptions(speed=parse_speed(args.speed), keep_message_ids=args.keep_message_ids,
                          response_timeout=args.response_timeout, shift_timestamps=not args.no_shift,
-                         reconnects=args.reconnects)  # fmt: skip
+                         reconnects=args.reconnects, idle_timeout_s=args.idle_timeout)  # fmt: skip
     if args.role not in ("charger", "csms"):
         raise UserError(f"--as {args.role!r}: choose charger (replay the chargers) or csms (replay the CSMS)")
     if args.key and not args.cert:
@@ -150,6 +151,8 @@ def check(args: ReplayArgs) -> ReplayOptions:
         raise UserError("--response-timeout must be above 0")
     if args.reconnects < 0:
         raise UserError("--reconnects must be 0 or more")
+    if args.idle_timeout <= 0:
+        raise UserError("--idle-timeout must be more than 0 seconds")
     return opts
 
 
