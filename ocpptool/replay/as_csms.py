@@ -153,7 +153,7 @@ async def run_as_csms(plan: Plan, opts: ReplayOptions, control: Control, sink: S
             if all_done and quiet:
                 break
             if now - last_activity > opts.idle_timeout_s:
-                result.notes.append(f"stopped after {opts.idle_timeout_s:.0f} s without traffic")
+                result.notes.append(f"stopped after {opts.idle_timeout_s:g} s without traffic")
                 break
         result.quit = control.quitting
         server.close()
