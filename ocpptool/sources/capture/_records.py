@@ -1,4 +1,5 @@
-"""pcap and pcapng records, streamed: ``(packet number, time in µs since the epoch, link type, bytes)``.
+"""pcap and pcapng records, streamed in chunks of many packets (:class:`Chunk`: one buffer and arrays of
+offsets, lengths, times and link types, so that the engine can read headers of a whole chunk at once).
 
 The reader never raises on bad data after the file header: a file cut mid-record or a damaged block stops
 the iteration and leaves ``problem`` set to ``(reason, detail)`` so that the caller can report it after
@@ -9,11 +10,17 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import BinaryIO
+
+import numpy as np
 
 from ..base import SourceError
 
 CHUNK = 1 << 20
+WINDOW = 8 << 20  # bytes of pcap records per chunk (the first ones are smaller: see _pcap)
+FIRST_WINDOW = 256 << 10
+NG_PACKETS = 1 << 15  # pcapng packets per chunk
 MAX_RECORD = 256 << 20  # a record claiming more than this is damage, not data
 
 _PCAP = {
@@ -27,8 +34,35 @@ _BOM_LE = b"\x4d\x3c\x2b\x1a"
 _BOM_BE = b"\x1a\x2b\x3c\x4d"
 
 
+@dataclass
+class Chunk:
+    """Consecutive packets: packet ``i`` is ``buf[data[i] : data[i] + caplen[i]]``, number ``first + i``
+    (1-based), captured at ``ts[i]`` (µs since the epoch) on link type ``lt[i]``."""
+
+    buf: bytes
+    data: np.ndarray  # int64
+    caplen: np.ndarray  # int64
+    ts: np.ndarray  # int64
+    lt: np.ndarray  # int64
+    first: int
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def packet(self, i: int) -> bytes:
+        a = int(self.data[i])
+        return self.buf[a : a + int(self.caplen[i])]
+
+
+def _u32(b: np.ndarray, at: np.ndarray, big: bool) -> np.ndarray:
+    x = [b[at + k].astype(np.int64) for k in range(4)]
+    if big:
+        return x[0] << 24 | x[1] << 16 | x[2] << 8 | x[3]
+    return x[3] << 24 | x[2] << 16 | x[1] << 8 | x[0]
+
+
 class Records:
-    """Iterate the packet records of one capture stream."""
+    """Iterate the packet records of one capture stream, a chunk at a time (:meth:`chunks`)."""
 
     def __init__(self, stream: BinaryIO, name: str) -> None:
         self._stream = stream
@@ -60,51 +94,93 @@ class Records:
     def _at_eof(self) -> bool:
         return not self._fill(1)
 
-    def __iter__(self) -> Iterator[tuple[int, int, int, bytes]]:
+    def chunks(self) -> Iterator[Chunk]:
         if not self._fill(4):
             raise SourceError(f"{self._name}: truncated capture header")
         magic = self._buf[:4]
         if magic in _PCAP:
             return self._pcap(*_PCAP[magic])
         if magic == _SHB:
-            return self._pcapng()
+            return self._ng_chunks()
         raise SourceError(f"{self._name}: not a pcap or pcapng file")
 
+    def _ng_chunks(self) -> Iterator[Chunk]:
+        """pcapng blocks vary too much to walk in bulk: packets are read one by one and grouped."""
+        first = 1
+        datas: list[bytes] = []
+        tss: list[int] = []
+        lts: list[int] = []
+        for _n, ts, lt, data in self._pcapng():
+            datas.append(data)
+            tss.append(ts)
+            lts.append(lt)
+            if len(datas) >= NG_PACKETS:
+                yield _chunk_of(datas, tss, lts, first)
+                first += len(datas)
+                datas, tss, lts = [], [], []
+        if datas:
+            yield _chunk_of(datas, tss, lts, first)
+
     # -- pcap ---------------------------------------------------------------------------------------
-    def _pcap(self, order: str, frac: int) -> Iterator[tuple[int, int, int, bytes]]:
+    def _pcap(self, order: str, frac: int) -> Iterator[Chunk]:
         if not self._fill(24):
             raise SourceError(f"{self._name}: truncated pcap header")
         major, _minor, _zone, _sig, _snap, network = struct.unpack_from(order + "HHiIII", self._buf, 4)
         if major != 2:
             raise SourceError(f"{self._name}: damaged pcap header (version {major})")
         linktype = network & 0xFFFF
+        big = order == ">"
         self._pos = 24
-        rec = struct.Struct(order + "IIII")
-        unpack = rec.unpack_from
+        unpack = struct.Struct(order + "I").unpack_from
         n = 0
+        # Small chunks first: connections are still opening there, which the fast path leaves alone, and
+        # a connection becomes eligible for it only at a chunk's start.
+        window = FIRST_WINDOW
+        want = window
         while True:
-            buf, pos = self._buf, self._pos
-            if len(buf) - pos < 16 and not self._fill(16):
-                if len(self._buf) - self._pos:
-                    self.problem = ("truncated-capture", f"file ends inside the header of record {n + 1}")
-                return
-            buf, pos = self._buf, self._pos
-            sec, sub, incl, _orig = unpack(buf, pos)
-            if incl > MAX_RECORD:
+            more = self._fill(want)
+            buf, p = self._buf, self._pos
+            end = min(len(buf), p + want)
+            starts: list[int] = []
+            add = starts.append
+            incl = 0
+            lim = end - 16
+            while p <= lim:  # the one sequential step: each record's length says where the next starts
+                (incl,) = unpack(buf, p + 8)
+                q = p + 16 + incl
+                if q > end:
+                    break
+                add(p)
+                p = q
+            corrupt = incl > MAX_RECORD and p <= lim  # (only a record that fits is checked below)
+            if starts:
+                at = np.array(starts, dtype=np.int64)
+                b = np.frombuffer(buf, dtype=np.uint8)
+                caplen = _u32(b, at + 8, big)
+                huge = np.flatnonzero(caplen > MAX_RECORD)
+                if len(huge):  # damage that happens to fit in the buffer: stop at it
+                    h = int(huge[0])
+                    at, caplen, p, corrupt = at[:h], caplen[:h], starts[h], True
+                    incl = int(_u32(b, np.array([p + 8]), big)[0])
+                sub = _u32(b, at + 4, big)
+                ts = _u32(b, at, big) * 1_000_000 + (sub if frac == 1 else sub // 1000)
+                k = len(at)
+                self.packets = n + k
+                if k:
+                    yield Chunk(buf, at + 16, caplen, ts, np.full(k, linktype, np.int64), n + 1)
+                n += k
+            self._pos = p
+            left = end - p
+            if corrupt:
                 self.problem = ("corrupt-capture", f"record {n + 1} claims {incl} bytes; stopped there")
                 return
-            end = pos + 16 + incl
-            if end > len(buf):
-                if not self._fill(16 + incl):
-                    self.problem = ("truncated-capture", f"file ends inside record {n + 1}")
-                    return
-                buf, pos = self._buf, self._pos
-                end = pos + 16 + incl
-            n += 1
-            self.packets = n
-            self._pos = end
-            ts = sec * 1_000_000 + (sub if frac == 1 else sub // 1000)
-            yield n, ts, linktype, buf[pos + 16 : end]
+            if not more:  # end of file: whatever is left is a cut record
+                if left:
+                    where = "the header of record" if left < 16 else "record"
+                    self.problem = ("truncated-capture", f"file ends inside {where} {n + 1}")
+                return
+            window = min(window * 2, WINDOW)
+            want = max(window, 16 + incl if left >= 16 else 16)
 
     # -- pcapng -------------------------------------------------------------------------------------
     def _pcapng(self) -> Iterator[tuple[int, int, int, bytes]]:
@@ -207,3 +283,10 @@ def _idb(buf: bytes, body: int, bend: int, order: str) -> tuple[int, int, int, i
             offset = secs * 1_000_000
         p += 4 + ((olen + 3) & ~3)
     return (linktype, mul, div, offset)
+
+
+def _chunk_of(datas: list[bytes], tss: list[int], lts: list[int], first: int) -> Chunk:
+    lens = np.fromiter(map(len, datas), dtype=np.int64, count=len(datas))
+    starts = np.zeros(len(datas), dtype=np.int64)
+    np.cumsum(lens[:-1], out=starts[1:])
+    return Chunk(b"".join(datas), starts, lens, np.array(tss, dtype=np.int64), np.array(lts, dtype=np.int64), first)

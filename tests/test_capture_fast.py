@@ -1,0 +1,170 @@
+"""The native engine's fast path (whole chunks of regular traffic at once) against packet-by-packet reading.
+
+Captures here are fleets of real-looking connections written by ``ocpptool.testing.pcap``, with the irregular
+events a capture holds in the field mixed in at random (retransmissions, reordering, lost segments, ACKs
+ahead of the data, frames split or packed together, control frames, bad frames, binary and non-UTF-8 text,
+frames that cannot be inflated, resets, a reused 4-tuple, VLAN-tagged copies and unrelated packets). Chunks
+are made tiny so that connections cross chunk boundaries in every state. Both ways of reading must give the
+same rows, in the same order, and the same connection facts.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+from ocpptool.sources.base import ConnMeta, SourceNote
+from ocpptool.sources.capture import CaptureOptions, _fast, _records, native
+from ocpptool.testing.pcap import (
+    ACK,
+    FIN,
+    KEY,
+    RST,
+    T0,
+    Deflater,
+    Flow,
+    pcap_bytes,
+    pcapng_bytes,
+    ws_frame,
+)
+
+
+def read(data: bytes, fast: bool) -> tuple[pl.DataFrame, pl.DataFrame]:
+    out = [o for o in native.read(io.BytesIO(data), "t.pcap", CaptureOptions(), fast=fast)
+           if not isinstance(o, SourceNote)]  # fmt: skip
+    rows = pl.concat([o for o in out if isinstance(o, pl.DataFrame)])
+    return rows, next(o.frame for o in out if isinstance(o, ConnMeta))
+
+
+def fleet(seed: int, *, conns: int = 6, messages: int = 400, chaos: float = 0.0) -> list[tuple[int, bytes]]:
+    """Packets of ``conns`` connections exchanging ``messages`` messages on one clock, in time order."""
+    rnd = random.Random(seed)
+    now = T0
+    flows = []
+    for c in range(conns):
+        link = "vlan" if chaos and c == conns - 1 else "eth"
+        f = Flow(client=(f"10.0.0.{c + 1}", 40000 + c), link=link, t0=now)
+        deflate = rnd.random() < 0.4
+        f.syn().upgrade(f"/ocpp/CP{c}", extensions="permessage-deflate" if deflate else None)
+        now = f.t
+        flows.append((f, {True: Deflater(), False: Deflater()} if deflate else None))
+    for i in range(messages):
+        f, defl = rnd.choice(flows)
+        f.t = now
+        client = rnd.random() < 0.5
+        text = f'[2,"{i}","DataTransfer",{{"vendorId":"x","data":"{"y" * rnd.choice([5, 60, 300, 2000])}"}}]'
+        payload, rsv1 = text.encode(), False
+        if defl is not None:
+            payload, rsv1 = defl[client](payload), True
+        mask = KEY if client else None
+        frame = ws_frame(payload, mask=mask, rsv1=rsv1)
+        r = rnd.random() if chaos else 1.0
+        if r < chaos * 0.08:  # a control frame first, in the same segment
+            frame = ws_frame(b"hi", 9, mask=mask) + frame
+        elif r < chaos * 0.16:  # fragmented: two frames
+            frame = ws_frame(payload[:3], mask=mask, fin=False, rsv1=rsv1) + ws_frame(payload[3:], 0, mask=mask)
+        elif r < chaos * 0.2:
+            frame = ws_frame(b"\x00\xff", 2, mask=mask)  # binary
+        elif r < chaos * 0.24:
+            frame = ws_frame(b"\xff\xfe[", mask=mask)  # not UTF-8 (or, compressed, not inflatable)
+        elif r < chaos * 0.27:
+            frame = b"\x0f\x00" + frame  # a bad frame header before a good frame
+        r = rnd.random() if chaos else 1.0
+        seq = f.seq[client]
+        if r < chaos * 0.1:  # split, the second part first (out of order), then the first part again
+            k = rnd.randrange(1, len(frame))
+            f.raw(client, frame[k:], seq=seq + k, dt=1)
+            f.raw(client, frame[:k], seq=seq, dt=1)
+            f.raw(client, frame[:k], seq=seq, dt=1)
+            f.seq[client] += len(frame)
+        elif r < chaos * 0.15:  # lost: a gap
+            f.seq[client] += len(frame)
+        elif r < chaos * 0.2:  # the peer acknowledges it before it is seen
+            f.seq[client] += len(frame)
+            f.raw(not client, b"", flags=ACK, dt=1)
+            f.seq[client] -= len(frame)
+            f.send(client, frame, dt=1)
+        elif r < chaos * 0.25:  # many small segments
+            f.send(client, frame, splits=sorted(rnd.sample(range(1, len(frame)), min(3, len(frame) - 1))), dt=1)
+        else:
+            f.send(client, frame, dt=1)
+        f.raw(not client, b"", flags=ACK, dt=1)
+        if chaos and rnd.random() < chaos * 0.02:  # a packet that is not TCP at all
+            f.packets.append((f.t, b"\xff" * 12 + b"\x08\x06" + b"\x00" * 28))
+        if chaos and rnd.random() < chaos * 0.01:  # the connection ends, and its 4-tuple opens again
+            if rnd.random() < 0.5:
+                f.fin()
+            else:
+                f.raw(True, b"", flags=RST)
+            f.seq = {True: rnd.randrange(1 << 32), False: rnd.randrange(1 << 32)}
+            f.syn().upgrade(f"/ocpp/again{i}")
+            if defl is not None:
+                defl[True], defl[False] = Deflater(), Deflater()
+        now = f.t + rnd.choice([50, 20_000, 200_000])
+    if chaos:
+        flows[0][0].raw(True, b"", flags=FIN | ACK)
+    return sorted((p for f, _ in flows for p in f.packets), key=lambda p: p[0])
+
+
+@pytest.fixture
+def tiny_chunks(monkeypatch):
+    monkeypatch.setattr(_records, "FIRST_WINDOW", 700)
+    monkeypatch.setattr(_records, "WINDOW", 3000)
+    monkeypatch.setattr(_records, "NG_PACKETS", 9)
+
+
+@pytest.fixture
+def fast_packets(monkeypatch) -> list[int]:
+    """Counts the packets the fast path takes."""
+    taken = [0]
+    real = _fast.fast_pass
+
+    def counting(eng, ch):
+        rest, frame = real(eng, ch)
+        taken[0] += len(ch) - (len(ch) if rest is None else sum(1 for i in rest if i >= 0))
+        return rest, frame
+
+    monkeypatch.setattr(native, "fast_pass", counting)
+    return taken
+
+
+def test_regular_traffic_takes_the_fast_path_and_gives_the_same_rows(fast_packets, monkeypatch):
+    """A fleet's ordinary traffic is read mostly in bulk, with exactly the rows of packet-by-packet reading."""
+    monkeypatch.setattr(_records, "FIRST_WINDOW", 20_000)
+    packets = fleet(1)
+    data = pcap_bytes(packets)
+    rows, meta = read(data, fast=True)
+    assert fast_packets[0] > len(packets) * 0.8
+    want_rows, want_meta = read(data, fast=False)
+    assert_frame_equal(rows, want_rows)
+    assert_frame_equal(meta, want_meta)
+    assert rows["weird_reason"].null_count() == rows.height == 400
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_irregular_traffic_in_tiny_chunks_gives_the_same_rows_as_packet_by_packet(seed, tiny_chunks, fast_packets):
+    """Gaps, reordering, odd frames and resets, with chunk borders everywhere: rows and facts are unchanged."""
+    packets = fleet(seed, chaos=0.5, messages=250)
+    data = pcap_bytes(packets) if seed % 3 else pcapng_bytes(packets)
+    rows, meta = read(data, fast=True)
+    assert fast_packets[0] > 0
+    want_rows, want_meta = read(data, fast=False)
+    assert_frame_equal(rows, want_rows)
+    assert_frame_equal(meta, want_meta)
+    assert rows["weird_reason"].drop_nulls().len() > 0  # the chaos did reach the output
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_chunk_size_does_not_change_the_rows(seed, monkeypatch):
+    """The same irregular capture read in chunks of any size gives the same rows."""
+    data = pcap_bytes(fleet(100 + seed, chaos=0.3, messages=200))
+    want, _ = read(data, fast=False)
+    for window in (200, 1500, 40_000):
+        monkeypatch.setattr(_records, "FIRST_WINDOW", window)
+        monkeypatch.setattr(_records, "WINDOW", window)
+        got, _ = read(data, fast=True)
+        assert_frame_equal(got, want)
