@@ -17,8 +17,8 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from ocpptool.sources.base import ConnMeta, SourceNote
-from ocpptool.sources.capture import CaptureOptions, _fast, _records, native
+from ocpptool.sources.base import ConnMeta, SourceError, SourceNote
+from ocpptool.sources.capture import CaptureOptions, _fast, _records, native, read_capture
 from ocpptool.testing.pcap import (
     ACK,
     FIN,
@@ -33,8 +33,8 @@ from ocpptool.testing.pcap import (
 )
 
 
-def read(data: bytes, fast: bool) -> tuple[pl.DataFrame, pl.DataFrame]:
-    out = [o for o in native.read(io.BytesIO(data), "t.pcap", CaptureOptions(), fast=fast)
+def read(data: bytes, fast: bool, source: str = "t.pcap") -> tuple[pl.DataFrame, pl.DataFrame]:
+    out = [o for o in native.read(io.BytesIO(data), source, CaptureOptions(), fast=fast)
            if not isinstance(o, SourceNote)]  # fmt: skip
     rows = pl.concat([o for o in out if isinstance(o, pl.DataFrame)])
     return rows, next(o.frame for o in out if isinstance(o, ConnMeta))
@@ -168,3 +168,36 @@ def test_chunk_size_does_not_change_the_rows(seed, monkeypatch):
         monkeypatch.setattr(_records, "WINDOW", window)
         got, _ = read(data, fast=True)
         assert_frame_equal(got, want)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the engine in a child process (large files)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def through_child(path, monkeypatch) -> list:
+    monkeypatch.setenv("OCPPTOOL_CAPTURE_CHILD", "1")
+    seen: list[int] = []
+    with open(path, "rb") as fh:
+        out = list(read_capture(str(path), fh, str(path), CaptureOptions(), seen.append))
+    return [o for o in out if not isinstance(o, SourceNote)], sum(seen)
+
+
+def test_the_engine_in_a_child_process_yields_what_it_yields_in_process(tmp_path, monkeypatch):
+    """Read by a child process, a capture gives the same batches and connection facts, and reports its bytes."""
+    path = tmp_path / "fleet.pcap"
+    path.write_bytes(pcap_bytes(fleet(5, chaos=0.3, messages=300)))
+    got, seen = through_child(path, monkeypatch)
+    rows = pl.concat([o for o in got if isinstance(o, pl.DataFrame)])
+    want_rows, want_meta = read(path.read_bytes(), fast=True, source=str(path))
+    assert_frame_equal(rows, want_rows)
+    assert_frame_equal(next(o.frame for o in got if isinstance(o, ConnMeta)), want_meta)
+    assert seen == path.stat().st_size
+
+
+def test_a_damaged_capture_read_by_a_child_process_fails_in_one_line(tmp_path, monkeypatch):
+    """A child process that meets a broken file header raises the same one-line SourceError."""
+    path = tmp_path / "bad.pcap"
+    path.write_bytes(b"\xd4\xc3\xb2\xa1" + b"\x00" * 30)
+    with pytest.raises(SourceError, match="damaged pcap header"):
+        through_child(path, monkeypatch)
