@@ -194,11 +194,16 @@ def fast_pass(eng: _Engine, ch: Chunk) -> tuple[list[int] | None, pl.DataFrame |
     acks = (fflags & 0x10) != 0
     if acks.any():
         af, aa = ff[acks], fack[acks]
-        for f in np.unique(af).tolist():
+        peers = np.unique(af).tolist()
+        o_nxt = np.zeros(nf, dtype=np.int64)
+        for f in peers:
+            o_nxt[f] = conns[f_conn[f]].dirs[1 - f_dir[f]].nxt
+        top = np.full(nf, -(1 << 40), dtype=np.int64)
+        np.maximum.at(top, af, ((aa - o_nxt[af] + 0x80000000) & M32) - 0x80000000)
+        for f, t in zip(peers, top[peers].tolist(), strict=True):
             o = conns[f_conn[f]].dirs[1 - f_dir[f]]
-            top = int(((aa[af == f] - o.nxt + 0x80000000) & M32).max()) - 0x80000000
-            if o.off + top > o.acked:
-                o.acked = o.off + top
+            if o.off + t > o.acked:
+                o.acked = o.off + t
     for c, i in enumerate(last.tolist()):
         if i >= 0:
             conns[c].last_pos = first + i
@@ -280,25 +285,29 @@ def _messages(eng, ch, conns, f_conn, f_dir, df, dstart, dlen, dpos, dts) -> pl.
 
 
 def _singles(eng, ch, conns, f_conn, f_dir, fl, start, stop, masked, rsv1, pos, ts) -> pl.DataFrame | None:
-    """One message per packet: unmask, inflate (per direction, in order), decode; the rows as a frame."""
-    buf = ch.buf
-    out: list = []
-    add = out.append
-    for a, e, m in zip(start.tolist(), stop.tolist(), masked.tolist(), strict=True):
-        if m:
-            n = e - a
-            k = buf[a - 4 : a]
-            add((int.from_bytes(buf[a:e], "little") ^ int.from_bytes((k * ((n >> 2) + 1))[:n], "little"))
-                .to_bytes(n, "little"))  # fmt: skip
-        else:
-            add(buf[a:e])
-    flows = fl.tolist()
-    uniq = np.unique(fl).tolist()
-    for f in uniq:
-        conn = conns[f_conn[f]]
-        conn.ws_frames += int((fl == f).sum())
+    """One message per packet: unmask, inflate (per direction, in order), decode; the rows as a frame in
+    packet order."""
+    mv = memoryview(_unmasked(ch.buf, start[masked], stop[masked]) if masked.any() else ch.buf)
+    counts = np.bincount(fl)
+    for f in np.flatnonzero(counts).tolist():
+        conns[f_conn[f]].ws_frames += int(counts[f])
+    m = len(fl)
+    texts = np.empty(m, dtype=object)
     bad: dict[int, tuple] = {}
-    if rsv1.any():
+    plain = np.flatnonzero(~rsv1)
+    st, sp = start[plain].tolist(), stop[plain].tolist()
+    try:
+        texts[plain] = [str(mv[a:e], "utf-8") for a, e in zip(st, sp, strict=True)]
+    except UnicodeDecodeError:
+        for i, a, e in zip(plain.tolist(), st, sp, strict=True):
+            try:
+                texts[i] = str(mv[a:e], "utf-8")
+            except UnicodeDecodeError:
+                p = bytes(mv[a:e])
+                bad[i] = (p.decode("utf-8", "replace"), "bad-utf8", f"text message of {len(p)} bytes is not valid UTF-8")
+    if rsv1.any():  # per direction in order (the rows are in flow order here)
+        flows = fl.tolist()
+        st, sp = start.tolist(), stop.tolist()
         for i in np.flatnonzero(rsv1).tolist():
             f = flows[i]
             conn = conns[f_conn[f]]
@@ -308,41 +317,32 @@ def _singles(eng, ch, conns, f_conn, f_dir, fl, start, stop, masked, rsv1, pos, 
                 inf = d.inflater = Inflater(conn.no_takeover[0 if d.is_client else 1])
                 if conn.compression is None:
                     conn.compression = "permessage-deflate"
-            raw = inf.inflate(out[i])
+            p = bytes(mv[st[i] : sp[i]])
+            raw = inf.inflate(p)
             if raw is None:
-                bad[i] = (None, "inflate-failed", f"{len(out[i])} compressed bytes could not be inflated")
-            else:
-                out[i] = raw
-    try:
-        texts = [p.decode("utf-8") for p in out] if not bad else None
-    except UnicodeDecodeError:
-        texts = None
-    if texts is None:
-        texts = []
-        for i, p in enumerate(out):
-            if i in bad:
-                texts.append(None)
+                bad[i] = (None, "inflate-failed", f"{len(p)} compressed bytes could not be inflated")
                 continue
             try:
-                texts.append(p.decode("utf-8"))
+                texts[i] = raw.decode()
             except UnicodeDecodeError:
-                bad[i] = (p.decode("utf-8", "replace"), "bad-utf8", f"text message of {len(p)} bytes is not valid UTF-8")
-                texts.append(None)
+                bad[i] = (raw.decode("utf-8", "replace"), "bad-utf8",
+                          f"text message of {len(raw)} bytes is not valid UTF-8")  # fmt: skip
     names, cps, dirs, subs = [], [], [], []
-    for f in range(int(fl.max()) + 1):
+    for f in range(len(counts)):
         c = f_conn[f]
-        if c < 0:
-            names.append(None), cps.append(None), dirs.append(None), subs.append(None)
-            continue
-        conn = conns[c]
-        names.append(conn.name)
-        cps.append(conn.cp)
-        dirs.append(CLIENT_DIR if conn.dirs[f_dir[f]].is_client else SERVER_DIR)
-        subs.append(conn.subprotocol)
-    reasons: list = [None] * len(texts)
-    details: list = [None] * len(texts)
+        conn = conns[c] if c >= 0 else None
+        names.append(conn.name if conn else None)
+        cps.append(conn.cp if conn else None)
+        dirs.append((CLIENT_DIR if conn.dirs[f_dir[f]].is_client else SERVER_DIR) if conn else None)
+        subs.append(conn.subprotocol if conn else None)
+    reasons = np.full(m, None, dtype=object)
+    details = np.full(m, None, dtype=object)
     for i, (text, reason, detail) in bad.items():
         texts[i], reasons[i], details[i] = text, reason, detail
+    order = np.argsort(pos, kind="stable")  # from flow order to packet order (one message per packet)
+    pos, ts, fl = pos[order], ts[order], fl[order]
+    texts = texts[order].tolist()
+    reasons, details = (reasons[order].tolist(), details[order].tolist()) if bad else ([None] * m, [None] * m)
     g = pl.Series(fl)
     return pl.DataFrame({
         "ts": ts, "source_pos": pos,
@@ -355,3 +355,31 @@ def _singles(eng, ch, conns, f_conn, f_dir, fl, start, stop, masked, rsv1, pos, 
         "weird_detail": pl.Series(details, dtype=pl.String),
         "_tag": pos,
     })  # fmt: skip
+
+
+def _unmasked(buf: bytes, start: np.ndarray, stop: np.ndarray) -> np.ndarray:
+    """A copy of ``buf`` with the client frames' payloads ``[start, stop)`` unmasked (each by the 4-byte key
+    just before it), for all of them at once: a payload's key, turned to its start's place in a 4-byte
+    word, is XORed over the words it covers (an XOR prefix sum spreads each key over its words); the bytes
+    of its first and last words outside it are put back. Payloads never share a word (headers lie between)."""
+    b = np.frombuffer(buf, dtype=np.uint8)
+    nw = (len(b) + 3) // 4
+    u = np.zeros(nw * 4, dtype=np.uint8)
+    u[: len(b)] = b
+    keep = stop > start
+    start, stop = start[keep], stop[keep]
+    keys = b[(start - 4)[:, None] + np.arange(4)]
+    turn = (np.arange(4)[None, :] - start[:, None]) % 4
+    kw = np.ascontiguousarray(np.take_along_axis(keys, turn, axis=1)).view("<u4").ravel()
+    w0, w1 = start // 4, (stop - 1) // 4
+    on = np.zeros(nw + 1, dtype=np.uint32)
+    off = np.zeros(nw + 1, dtype=np.uint32)
+    on[w0] = kw
+    off[w1 + 1] = kw
+    words = u.view("<u4")
+    words ^= np.bitwise_xor.accumulate(on ^ off)[:nw]
+    edge = np.concatenate([np.concatenate([(4 * w0 + r)[4 * w0 + r < start], (stop + r)[stop + r < 4 * w1 + 4]])
+                           for r in range(3)])  # fmt: skip
+    edge = edge[edge < len(b)]
+    u[edge] = b[edge]
+    return u[: len(b)]

@@ -234,10 +234,13 @@ class _Engine:
             part = _part(rows)
         else:
             old = [_part(rows[:mark])] if mark else []
-            new = _part(rows[mark:]).with_columns(_tag=pl.Series(tags, dtype=pl.Int64))
-            if frame is not None:
-                new = pl.concat([new, frame], how="vertical")
-            new = new.sort("_tag", maintain_order=True)
+            if len(rows) == mark and frame is not None:  # only one-frame messages: in packet order already
+                new = frame
+            else:
+                new = _part(rows[mark:]).with_columns(_tag=pl.Series(tags, dtype=pl.Int64))
+                if frame is not None:
+                    new = pl.concat([new, frame], how="vertical")
+                new = new.sort("_tag", maintain_order=True)
             part = pl.concat([*old, new.drop("_tag")], how="vertical")
         self.rows = []
         if part.height:
