@@ -141,11 +141,11 @@ class Records:
             more = self._fill(want)
             buf, p = self._buf, self._pos
             end = min(len(buf), p + want)
-            starts: list[int] = []
+            starts, p = _chain(buf, p, end, big)
             add = starts.append
             incl = 0
             lim = end - 16
-            while p <= lim:  # the one sequential step: each record's length says where the next starts
+            while p <= lim:  # the rest (or all) one record at a time: its length says where the next starts
                 (incl,) = unpack(buf, p + 8)
                 q = p + 16 + incl
                 if q > end:
@@ -283,6 +283,35 @@ def _idb(buf: bytes, body: int, bend: int, order: str) -> tuple[int, int, int, i
             offset = secs * 1_000_000
         p += 4 + ((olen + 3) & ~3)
     return (linktype, mul, div, offset)
+
+
+def _chain(buf: bytes, p: int, end: int, big: bool) -> tuple[list[int], int]:
+    """Where the pcap records in ``buf[p:end]`` start, found with array operations: a record's header begins
+    with its time in seconds, whose two high bytes rarely change, so every place those two bytes occur is a
+    candidate; each candidate's length says which candidate follows it, and the chain from ``p`` is then
+    a walk over a list. Returns the starts of the whole records on that chain and where it stopped (at the
+    first record it could not place, which the caller reads one by one from there)."""
+    if end - p < 1 << 16:
+        return [], p
+    b = np.frombuffer(buf, dtype=np.uint8, count=end, offset=0)
+    hi = 0 if big else 2
+    x, y = buf[p + hi], buf[p + hi + 1]
+    cand = np.flatnonzero((b[p + hi : end - 16 + hi] == x) & (b[p + hi + 1 : end - 15 + hi] == y)) + p
+    nxt = cand + 16 + _u32(b, cand + 8, big)
+    at = np.searchsorted(cand, nxt)
+    found = cand[np.minimum(at, len(cand) - 1)] == nxt
+    succ = np.where(found, at, -1).tolist()
+    path = []
+    i = 0  # cand[0] == p: its own bytes match
+    while i >= 0:
+        path.append(i)
+        i = succ[i]
+    last = path[-1]
+    stop = int(nxt[last])
+    if stop > end:  # the chain's last record does not fit: the caller looks at it
+        path.pop()
+        stop = int(cand[last])
+    return cand[path].tolist(), stop
 
 
 def _chunk_of(datas: list[bytes], tss: list[int], lts: list[int], first: int) -> Chunk:
