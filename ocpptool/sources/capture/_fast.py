@@ -305,28 +305,31 @@ def _singles(eng, ch, conns, f_conn, f_dir, fl, start, stop, masked, rsv1, pos, 
             except UnicodeDecodeError:
                 p = bytes(mv[a:e])
                 bad[i] = (p.decode("utf-8", "replace"), "bad-utf8", f"text message of {len(p)} bytes is not valid UTF-8")
-    if rsv1.any():  # per direction in order (the rows are in flow order here)
-        flows = fl.tolist()
-        st, sp = start.tolist(), stop.tolist()
-        for i in np.flatnonzero(rsv1).tolist():
-            f = flows[i]
+    if rsv1.any():  # per direction, in order (the rows are in flow order here)
+        zi = np.flatnonzero(rsv1)
+        zf = fl[zi]
+        cuts = np.flatnonzero(np.r_[True, zf[1:] != zf[:-1], True]).tolist()
+        zil, st, sp = zi.tolist(), start[zi].tolist(), stop[zi].tolist()
+        for a, z in zip(cuts[:-1], cuts[1:], strict=True):
+            f = int(zf[a])
             conn = conns[f_conn[f]]
             d = conn.dirs[f_dir[f]]
-            inf = d.inflater
-            if inf is None:
-                inf = d.inflater = Inflater(conn.no_takeover[0 if d.is_client else 1])
+            if d.inflater is None:
+                d.inflater = Inflater(conn.no_takeover[0 if d.is_client else 1])
                 if conn.compression is None:
                     conn.compression = "permessage-deflate"
-            p = bytes(mv[st[i] : sp[i]])
-            raw = inf.inflate(p)
-            if raw is None:
-                bad[i] = (None, "inflate-failed", f"{len(p)} compressed bytes could not be inflated")
-                continue
-            try:
-                texts[i] = raw.decode()
-            except UnicodeDecodeError:
-                bad[i] = (raw.decode("utf-8", "replace"), "bad-utf8",
-                          f"text message of {len(raw)} bytes is not valid UTF-8")  # fmt: skip
+            inflate = d.inflater.inflate
+            for k in range(a, z):
+                i = zil[k]
+                raw = inflate(mv[st[k] : sp[k]].tobytes())
+                if raw is None:
+                    bad[i] = (None, "inflate-failed", f"{sp[k] - st[k]} compressed bytes could not be inflated")
+                    continue
+                try:
+                    texts[i] = raw.decode()
+                except UnicodeDecodeError:
+                    bad[i] = (raw.decode("utf-8", "replace"), "bad-utf8",
+                              f"text message of {len(raw)} bytes is not valid UTF-8")  # fmt: skip
     names, cps, dirs, subs = [], [], [], []
     for f in range(len(counts)):
         c = f_conn[f]
