@@ -1,12 +1,17 @@
-"""The native engine in a process of its own, for large capture files.
+"""The native engine in a process of its own (opt-in: ``OCPPTOOL_CAPTURE_CHILD=1``).
 
 The engine is Python (with numpy); decoding its batches into tables is Polars. In one process the two share
-one interpreter lock, and the engine, which holds it most of the time, slows the decoder's threads down. So
-for a capture file of some size (:data:`CHILD_MIN_BYTES`; ``OCPPTOOL_CAPTURE_CHILD=1`` or ``0`` forces it
-either way) the engine runs in a child process (``python -m ocpptool.sources.capture._child``) that reads
-the file itself and streams what it yields to the parent over a pipe: RawBatch and ConnMeta frames as Arrow
-IPC, notes and errors as text, and how far it has read (for the progress line). A thread in the parent
-drains the pipe into a short queue, so both processes work at once; memory stays bounded by that queue.
+one interpreter lock. With ``OCPPTOOL_CAPTURE_CHILD=1`` the engine runs in a child process (``python -m
+ocpptool.sources.capture._child``) that reads the capture file itself and streams what it yields to the
+parent over a pipe: RawBatch and ConnMeta frames as Arrow IPC, notes and errors as text, and how far it has
+read (for the progress line). A thread in the parent drains the pipe into a short queue, so both processes
+work at once; memory stays bounded by that queue.
+
+It is not the default because it did not pay on the project's 2-core machine: for the 1M-message benchmark
+capture it cost about 1.3 CPU seconds more (a second interpreter with Polars and numpy, Arrow IPC both ways,
+300 MB through a pipe) and was 10-40 % slower in wall time whenever other work held a core (measured
+alternately, load 1.6-2.5). It may pay on a machine with idle cores; measure with
+``OCPPTOOL_CAPTURE_CHILD=1 ocpptool decode ...`` before relying on it.
 
 Wire format, one record after another: a kind byte, an 8-byte little-endian length, then the body.
 """
@@ -27,22 +32,13 @@ import polars as pl
 from ..base import ConnMeta, SourceError, SourceItem, SourceNote
 from . import CaptureOptions
 
-CHILD_MIN_BYTES = 32 << 20
 BATCH, META, NOTE, ERROR, READ, END = b"B", b"M", b"N", b"E", b"R", b"Z"
 AHEAD = 2  # batches read from the pipe ahead of the decoder
 
 
 def wanted(path: str) -> bool:
-    """Whether to read this capture in a child process."""
-    force = os.environ.get("OCPPTOOL_CAPTURE_CHILD", "")
-    if force in ("0", "1"):
-        return force == "1" and path != "-" and os.path.isfile(path)
-    if path == "-" or (os.cpu_count() or 1) < 2:
-        return False
-    try:
-        return os.path.getsize(path) >= CHILD_MIN_BYTES
-    except OSError:
-        return False
+    """Whether to read this capture in a child process: asked for, and a file the child can open."""
+    return os.environ.get("OCPPTOOL_CAPTURE_CHILD") == "1" and path != "-" and os.path.isfile(path)
 
 
 def read(path: str, source: str, options: CaptureOptions,
@@ -53,6 +49,12 @@ def read(path: str, source: str, options: CaptureOptions,
     env = {**os.environ, "OCPPTOOL_CAPTURE_CHILD": "0"}
     with tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL, env=env)
+        try:  # a 1 MB pipe instead of 64 KB: far fewer switches between the two processes per batch
+            import fcntl
+
+            fcntl.fcntl(proc.stdout.fileno(), getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)  # type: ignore[union-attr]
+        except (ImportError, OSError):
+            pass
         items: queue.Queue = queue.Queue(AHEAD)
         stop = threading.Event()
 
