@@ -40,8 +40,10 @@ def read(data: bytes, fast: bool, source: str = "t.pcap") -> tuple[pl.DataFrame,
     return rows, next(o.frame for o in out if isinstance(o, ConnMeta))
 
 
-def fleet(seed: int, *, conns: int = 6, messages: int = 400, chaos: float = 0.0) -> list[tuple[int, bytes]]:
-    """Packets of ``conns`` connections exchanging ``messages`` messages on one clock, in time order."""
+def fleet(seed: int, *, conns: int = 6, messages: int = 400, chaos: float = 0.0,
+          jump: bool = False) -> list[tuple[int, bytes]]:  # fmt: skip
+    """Packets of ``conns`` connections exchanging ``messages`` messages on one clock, in time order; with
+    ``jump``, the clock leaps a day halfway (the high bytes of the records' seconds change)."""
     rnd = random.Random(seed)
     now = T0
     flows = []
@@ -56,7 +58,8 @@ def fleet(seed: int, *, conns: int = 6, messages: int = 400, chaos: float = 0.0)
         f, defl = rnd.choice(flows)
         f.t = now
         client = rnd.random() < 0.5
-        text = f'[2,"{i}","DataTransfer",{{"vendorId":"x","data":"{"y" * rnd.choice([5, 60, 300, 2000])}"}}]'
+        # ("Rg" is how the records' seconds begin on the wire, little-endian: false record candidates)
+        text = f'[2,"{i}","DataTransfer",{{"vendorId":"x","data":"Rg{"y" * rnd.choice([5, 60, 300, 2000])}"}}]'
         payload, rsv1 = text.encode(), False
         if defl is not None:
             payload, rsv1 = defl[client](payload), True
@@ -104,7 +107,7 @@ def fleet(seed: int, *, conns: int = 6, messages: int = 400, chaos: float = 0.0)
             f.syn().upgrade(f"/ocpp/again{i}")
             if defl is not None:
                 defl[True], defl[False] = Deflater(), Deflater()
-        now = f.t + rnd.choice([50, 20_000, 200_000])
+        now = f.t + rnd.choice([50, 20_000, 200_000]) + (86_400_000_000 if jump and i == messages // 2 else 0)
     if chaos:
         flows[0][0].raw(True, b"", flags=FIN | ACK)
     return sorted((p for f, _ in flows for p in f.packets), key=lambda p: p[0])
@@ -160,14 +163,19 @@ def test_irregular_traffic_in_tiny_chunks_gives_the_same_rows_as_packet_by_packe
 
 @pytest.mark.parametrize("seed", range(4))
 def test_chunk_size_does_not_change_the_rows(seed, monkeypatch):
-    """The same irregular capture read in chunks of any size gives the same rows."""
-    data = pcap_bytes(fleet(100 + seed, chaos=0.3, messages=200))
+    """The same irregular capture read in windows of any size (small ones record by record, large ones by
+    the array walk, across a leap of the clock) gives the rows of packet-by-packet reading."""
+    data = pcap_bytes(fleet(100 + seed, chaos=0.3, messages=300, jump=seed % 2 == 1), big=seed == 2)
+    assert len(data) > 2 << 16
+    monkeypatch.setattr(_records, "FIRST_WINDOW", 1000)
+    monkeypatch.setattr(_records, "WINDOW", 1000)
     want, _ = read(data, fast=False)
-    for window in (200, 1500, 40_000):
+    for window in (200, 1500, 40_000, 70_000, 1 << 20):
         monkeypatch.setattr(_records, "FIRST_WINDOW", window)
         monkeypatch.setattr(_records, "WINDOW", window)
         got, _ = read(data, fast=True)
         assert_frame_equal(got, want)
+        assert got["source_pos"].n_unique() > 250
 
 
 # ---------------------------------------------------------------------------------------------------------

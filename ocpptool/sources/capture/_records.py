@@ -297,19 +297,30 @@ def _chain(buf: bytes, p: int, end: int, big: bool) -> tuple[list[int], int]:
     hi = 0 if big else 2
     x, y = buf[p + hi], buf[p + hi + 1]
     cand = np.flatnonzero((b[p + hi : end - 16 + hi] == x) & (b[p + hi + 1 : end - 15 + hi] == y)) + p
-    nxt = cand + 16 + _u32(b, cand + 8, big)
-    at = np.searchsorted(cand, nxt)
-    found = cand[np.minimum(at, len(cand) - 1)] == nxt
-    succ = np.where(found, at, -1).tolist()
-    path = []
-    i = 0  # cand[0] == p: its own bytes match
-    while i >= 0:
-        path.append(i)
-        i = succ[i]
-    last = path[-1]
+    for _ in range(2):
+        nxt = cand + 16 + _u32(b, cand + 8, big)
+        at = np.searchsorted(cand, nxt)
+        found = cand[np.minimum(at, len(cand) - 1)] == nxt
+        succ = np.where(found, at, -1)
+        if (succ[:-1] == np.arange(1, len(cand))).all():  # every candidate is a record: the usual case
+            path = np.arange(len(cand))
+            break
+        pointed = np.zeros(len(cand) + 1, dtype=bool)
+        pointed[succ] = True  # (index -1 marks the spare last slot)
+        pointed[0] = True  # cand[0] == p: its own bytes match
+        cand = cand[pointed[:-1]]  # drop candidates no candidate leads to, then look again
+    else:
+        walk = succ.tolist()
+        steps = []
+        i = 0
+        while i >= 0:
+            steps.append(i)
+            i = walk[i]
+        path = np.array(steps)
+    last = int(path[-1])
     stop = int(nxt[last])
     if stop > end:  # the chain's last record does not fit: the caller looks at it
-        path.pop()
+        path = path[:-1]
         stop = int(cand[last])
     return cand[path].tolist(), stop
 
