@@ -27,6 +27,7 @@ from collections import deque
 from collections.abc import Iterator
 from typing import BinaryIO, cast
 
+import numpy as np
 import polars as pl
 
 from ..base import CONN_META_SCHEMA, ConnMeta, RawBatch, SourceNote, conform
@@ -208,21 +209,27 @@ class _Engine:
         tags: list[int] | None = None
         if frame is not None or nfast:
             tags = [r[1] for r in rows[mark:]]
-        buf, data, caplen, tss, lts = ch.buf, ch.data.tolist(), ch.caplen.tolist(), ch.ts.tolist(), ch.lt.tolist()
-        todo = range(n) if slow is None else slow
-        packet = self._packet
+        if slow is None:
+            todo = range(n)
+            sel = slice(None)
+        else:
+            todo = slow
+            sel = np.array([i if i >= 0 else ~i for i in slow], dtype=np.int64)
+        buf, packet = ch.buf, self._packet
+        where = dict(zip(todo, zip(ch.data[sel].tolist(), ch.caplen[sel].tolist(), ch.ts[sel].tolist(),
+                                   ch.lt[sel].tolist(), strict=True), strict=True))  # fmt: skip
         for i in todo:
             before = len(rows)
+            a, c, ts, lt = where[i]
             if i < 0:  # a regular packet that fell on a sweep point
                 i = ~i
-                self._sweep(tss[i])
+                self._sweep(ts)
             else:
-                a = data[i]
-                packet(first + i, tss[i], lts[i], buf[a : a + caplen[i]])
+                packet(first + i, ts, lt, buf[a : a + c])
             if tags is not None and len(rows) > before:
                 tags.extend([first + i] * (len(rows) - before))
         self._settle(mark, tags, frame)
-        return first + n - 1, tss[-1]
+        return first + n - 1, int(ch.ts[-1])
 
     def _settle(self, mark: int | None, tags: list[int] | None, frame: pl.DataFrame | None = None) -> None:
         """Move the tuple rows into ``parts``; rows from ``mark`` on (tagged with the packet that emitted them)
