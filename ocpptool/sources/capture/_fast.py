@@ -286,30 +286,36 @@ def _messages(eng, ch, conns, f_conn, f_dir, df, dstart, dlen, dpos, dts) -> pl.
 
 def _singles(eng, ch, conns, f_conn, f_dir, fl, start, stop, masked, rsv1, pos, ts) -> pl.DataFrame | None:
     """One message per packet: unmask, inflate (per direction, in order), decode; the rows as a frame in
-    packet order."""
+    packet order (which keeps each direction's own order)."""
+    order = np.argsort(pos, kind="stable")
+    fl, start, stop, masked, rsv1, pos, ts = (x[order] for x in (fl, start, stop, masked, rsv1, pos, ts))
     mv = memoryview(_unmasked(ch.buf, start[masked], stop[masked]) if masked.any() else ch.buf)
     counts = np.bincount(fl)
     for f in np.flatnonzero(counts).tolist():
         conns[f_conn[f]].ws_frames += int(counts[f])
     m = len(fl)
-    texts = np.empty(m, dtype=object)
     bad: dict[int, tuple] = {}
-    plain = np.flatnonzero(~rsv1)
-    st, sp = start[plain].tolist(), stop[plain].tolist()
+    st, sp = start.tolist(), stop.tolist()
+    zipped = rsv1.any()
     try:
-        texts[plain] = [str(mv[a:e], "utf-8") for a, e in zip(st, sp, strict=True)]
+        if zipped:
+            texts = [None if z else str(mv[a:e], "utf-8") for a, e, z in zip(st, sp, rsv1.tolist(), strict=True)]
+        else:
+            texts = [str(mv[a:e], "utf-8") for a, e in zip(st, sp, strict=True)]
     except UnicodeDecodeError:
-        for i, a, e in zip(plain.tolist(), st, sp, strict=True):
+        texts = [None] * m
+        for i in np.flatnonzero(~rsv1).tolist():
             try:
-                texts[i] = str(mv[a:e], "utf-8")
+                texts[i] = str(mv[st[i] : sp[i]], "utf-8")
             except UnicodeDecodeError:
-                p = bytes(mv[a:e])
+                p = bytes(mv[st[i] : sp[i]])
                 bad[i] = (p.decode("utf-8", "replace"), "bad-utf8", f"text message of {len(p)} bytes is not valid UTF-8")
-    if rsv1.any():  # per direction, in order (the rows are in flow order here)
+    if zipped:  # one direction at a time, in order
         zi = np.flatnonzero(rsv1)
+        zi = zi[np.argsort(fl[zi], kind="stable")]
         zf = fl[zi]
         cuts = np.flatnonzero(np.r_[True, zf[1:] != zf[:-1], True]).tolist()
-        zil, st, sp = zi.tolist(), start[zi].tolist(), stop[zi].tolist()
+        zil = zi.tolist()
         for a, z in zip(cuts[:-1], cuts[1:], strict=True):
             f = int(zf[a])
             conn = conns[f_conn[f]]
@@ -319,11 +325,10 @@ def _singles(eng, ch, conns, f_conn, f_dir, fl, start, stop, masked, rsv1, pos, 
                 if conn.compression is None:
                     conn.compression = "permessage-deflate"
             inflate = d.inflater.inflate
-            for k in range(a, z):
-                i = zil[k]
-                raw = inflate(mv[st[k] : sp[k]].tobytes())
+            for i in zil[a:z]:
+                raw = inflate(mv[st[i] : sp[i]].tobytes())
                 if raw is None:
-                    bad[i] = (None, "inflate-failed", f"{sp[k] - st[k]} compressed bytes could not be inflated")
+                    bad[i] = (None, "inflate-failed", f"{sp[i] - st[i]} compressed bytes could not be inflated")
                     continue
                 try:
                     texts[i] = raw.decode()
@@ -338,14 +343,10 @@ def _singles(eng, ch, conns, f_conn, f_dir, fl, start, stop, masked, rsv1, pos, 
         cps.append(conn.cp if conn else None)
         dirs.append((CLIENT_DIR if conn.dirs[f_dir[f]].is_client else SERVER_DIR) if conn else None)
         subs.append(conn.subprotocol if conn else None)
-    reasons = np.full(m, None, dtype=object)
-    details = np.full(m, None, dtype=object)
+    reasons: list = [None] * m
+    details: list = [None] * m
     for i, (text, reason, detail) in bad.items():
         texts[i], reasons[i], details[i] = text, reason, detail
-    order = np.argsort(pos, kind="stable")  # from flow order to packet order (one message per packet)
-    pos, ts, fl = pos[order], ts[order], fl[order]
-    texts = texts[order].tolist()
-    reasons, details = (reasons[order].tolist(), details[order].tolist()) if bad else ([None] * m, [None] * m)
     g = pl.Series(fl)
     return pl.DataFrame({
         "ts": ts, "source_pos": pos,
