@@ -2,7 +2,10 @@
 
 One pass over the records, memory bounded by the open connections and the output:
 
-- records are streamed (:mod:`._records`); packets decoded by :func:`._packet.tcp_of` (Ethernet with VLAN
+- records are streamed a chunk at a time (:mod:`._records`); the regular traffic of established WebSocket
+  connections in a chunk is taken in bulk by :mod:`._fast` (numpy over the headers, whole byte runs per
+  direction), everything else packet by packet below, with the same result (tests compare the two);
+- packets decoded by :func:`._packet.tcp_of` (Ethernet with VLAN
   tags, Linux cooked v1/v2, BSD loopback, raw IP; IPv4 and IPv6 with extension headers; TCP only);
 - each TCP connection (4-tuple; a new SYN after the old one ended starts ``#2``) is reassembled per
   direction by sequence number. Out-of-order segments wait; retransmitted or overlapping bytes keep their
