@@ -289,7 +289,7 @@ def _singles(eng, ch, conns, f_conn, f_dir, fl, start, stop, masked, rsv1, pos, 
     packet order (which keeps each direction's own order)."""
     order = np.argsort(pos, kind="stable")
     fl, start, stop, masked, rsv1, pos, ts = (x[order] for x in (fl, start, stop, masked, rsv1, pos, ts))
-    mv = memoryview(_unmasked(ch.buf, start[masked], stop[masked]) if masked.any() else ch.buf)
+    data = _unmasked(ch.buf, start[masked], stop[masked]).tobytes() if masked.any() else ch.buf
     counts = np.bincount(fl)
     for f in np.flatnonzero(counts).tolist():
         conns[f_conn[f]].ws_frames += int(counts[f])
@@ -299,16 +299,16 @@ def _singles(eng, ch, conns, f_conn, f_dir, fl, start, stop, masked, rsv1, pos, 
     zipped = rsv1.any()
     try:
         if zipped:
-            texts = [None if z else str(mv[a:e], "utf-8") for a, e, z in zip(st, sp, rsv1.tolist(), strict=True)]
+            texts = [None if z else data[a:e].decode() for a, e, z in zip(st, sp, rsv1.tolist(), strict=True)]
         else:
-            texts = [str(mv[a:e], "utf-8") for a, e in zip(st, sp, strict=True)]
+            texts = [data[a:e].decode() for a, e in zip(st, sp, strict=True)]
     except UnicodeDecodeError:
         texts = [None] * m
         for i in np.flatnonzero(~rsv1).tolist():
+            p = data[st[i] : sp[i]]
             try:
-                texts[i] = str(mv[st[i] : sp[i]], "utf-8")
+                texts[i] = p.decode()
             except UnicodeDecodeError:
-                p = bytes(mv[st[i] : sp[i]])
                 bad[i] = (p.decode("utf-8", "replace"), "bad-utf8", f"text message of {len(p)} bytes is not valid UTF-8")
     if zipped:  # one direction at a time, in order
         zi = np.flatnonzero(rsv1)
@@ -326,7 +326,7 @@ def _singles(eng, ch, conns, f_conn, f_dir, fl, start, stop, masked, rsv1, pos, 
                     conn.compression = "permessage-deflate"
             inflate = d.inflater.inflate
             for i in zil[a:z]:
-                raw = inflate(mv[st[i] : sp[i]].tobytes())
+                raw = inflate(data[st[i] : sp[i]])
                 if raw is None:
                     bad[i] = (None, "inflate-failed", f"{sp[i] - st[i]} compressed bytes could not be inflated")
                     continue
