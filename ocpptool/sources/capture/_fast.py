@@ -67,7 +67,17 @@ def _ipv4_tcp(ch: Chunk):
         if sel.any():
             et = at(et_at) << 8 | at(et_at + 1)
             o[sel & (cap >= need) & (et == 0x0800)] = hdr
+            if kind == 1:  # one or two VLAN tags
+                vlan = sel & ((et == 0x8100) | (et == 0x88A8) | (et == 0x9100))
+                et2 = at(16) << 8 | at(17)
+                o[vlan & (et2 == 0x0800)] = 18
+                vlan2 = vlan & ((et2 == 0x8100) | (et2 == 0x88A8) | (et2 == 0x9100))
+                o[vlan2 & ((at(20) << 8 | at(21)) == 0x0800)] = 22
     o[(lt == 101) | (lt == 12) | (lt == 14) | (lt == 228)] = 0
+    loop = (lt == 0) | (lt == 108)
+    if loop.any():  # BSD loopback: address family 2 (IPv4), written in either byte order
+        fam = at(0) << 24 | at(1) << 16 | at(2) << 8 | at(3)
+        o[loop & (cap >= 4) & ((fam == 2) | (fam == 0x02000000))] = 4
     ok = o >= 0
     if not ok.any():
         return None
