@@ -214,3 +214,21 @@ def test_a_damaged_capture_read_by_a_child_process_fails_in_one_line(tmp_path, m
     path.write_bytes(b"\xd4\xc3\xb2\xa1" + b"\x00" * 30)
     with pytest.raises(SourceError, match="damaged pcap header"):
         through_child(path, monkeypatch)
+
+
+@pytest.mark.parametrize("big", [False, True], ids=["le", "be"])
+def test_pcapng_packet_blocks_read_in_bulk_equal_block_by_block(big, monkeypatch):
+    """Runs of enhanced packet blocks read at once give the packets, times and link types of reading block by
+    block, with simple and obsolete packet blocks, two interfaces of different resolutions and a cut end."""
+    rnd = random.Random(3)
+    packets = [(ts, data, rnd.choice([0, 0, 0, 1])) for ts, data in fleet(8, chaos=0.2, messages=300)]
+    kinds = [rnd.choice(["epb"] * 30 + ["spb", "pb"]) for _ in packets]
+    data = pcapng_bytes(packets, interfaces=((1, 6), (1, 9)), big=big, kinds=kinds)
+    data = data[: len(data) - 7]
+    monkeypatch.setattr(_records, "FIRST_WINDOW", 5000)
+    bulk, bulk_meta = read(data, fast=False)
+    monkeypatch.setattr(_records, "_epb_run", lambda *a: None)
+    one, one_meta = read(data, fast=False)
+    assert_frame_equal(bulk, one)
+    assert_frame_equal(bulk_meta, one_meta)
+    assert bulk["weird_reason"].to_list()[-1] == "truncated-capture"

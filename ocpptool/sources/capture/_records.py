@@ -32,6 +32,7 @@ _PCAP = {
 _SHB = b"\x0a\x0d\x0d\x0a"
 _BOM_LE = b"\x4d\x3c\x2b\x1a"
 _BOM_BE = b"\x1a\x2b\x3c\x4d"
+_EPB = {"<": b"\x06\x00\x00\x00", ">": b"\x00\x00\x00\x06"}
 
 
 @dataclass
@@ -105,12 +106,22 @@ class Records:
         raise SourceError(f"{self._name}: not a pcap or pcapng file")
 
     def _ng_chunks(self) -> Iterator[Chunk]:
-        """pcapng blocks vary too much to walk in bulk: packets are read one by one and grouped."""
+        """pcapng: runs of enhanced packet blocks come from :meth:`_pcapng` as whole chunks; packets of other
+        blocks (or where a run cannot be taken at once) one by one, grouped here."""
         first = 1
         datas: list[bytes] = []
         tss: list[int] = []
         lts: list[int] = []
-        for _n, ts, lt, data in self._pcapng():
+        for item in self._pcapng():
+            if isinstance(item, Chunk):
+                if datas:
+                    yield _chunk_of(datas, tss, lts, first)
+                    first += len(datas)
+                    datas, tss, lts = [], [], []
+                yield item
+                first += len(item)
+                continue
+            _n, ts, lt, data = item
             datas.append(data)
             tss.append(ts)
             lts.append(lt)
@@ -183,13 +194,25 @@ class Records:
             want = max(window, 16 + incl if left >= 16 else 16)
 
     # -- pcapng -------------------------------------------------------------------------------------
-    def _pcapng(self) -> Iterator[tuple[int, int, int, bytes]]:
+    def _pcapng(self) -> Iterator[tuple[int, int, int, bytes] | Chunk]:
         order = "<"
         ifaces: list[tuple[int, int, int, int]] = []  # (linktype, mul, div, offset_us)
         n = 0
         last_ts = 0
         first = True
+        window = FIRST_WINDOW
         while True:
+            if ifaces and self._fill(8) and self._buf[self._pos : self._pos + 4] == _EPB[order]:
+                self._fill(window)  # as much as a window holds (less at the end of the file)
+                run = _epb_run(self._buf, self._pos, min(len(self._buf), self._pos + window), order, ifaces, n + 1)
+                if run is not None:
+                    chunk, self._pos = run
+                    n += len(chunk)
+                    self.packets = n
+                    last_ts = int(chunk.ts[-1])
+                    window = min(window * 2, WINDOW)
+                    yield chunk
+                    continue
             if not self._fill(8):
                 if len(self._buf) - self._pos:
                     self.problem = ("truncated-capture", f"file ends inside a block header after packet {n}")
@@ -297,32 +320,75 @@ def _chain(buf: bytes, p: int, end: int, big: bool) -> tuple[list[int], int]:
     hi = 0 if big else 2
     x, y = buf[p + hi], buf[p + hi + 1]
     cand = np.flatnonzero((b[p + hi : end - 16 + hi] == x) & (b[p + hi + 1 : end - 15 + hi] == y)) + p
-    for _ in range(2):
-        nxt = cand + 16 + _u32(b, cand + 8, big)
-        at = np.searchsorted(cand, nxt)
-        found = cand[np.minimum(at, len(cand) - 1)] == nxt
-        succ = np.where(found, at, -1)
-        if (succ[:-1] == np.arange(1, len(cand))).all():  # every candidate is a record: the usual case
-            path = np.arange(len(cand))
-            break
-        pointed = np.zeros(len(cand) + 1, dtype=bool)
-        pointed[succ] = True  # (index -1 marks the spare last slot)
-        pointed[0] = True  # cand[0] == p: its own bytes match
-        cand = cand[pointed[:-1]]  # drop candidates no candidate leads to, then look again
-    else:
-        walk = succ.tolist()
-        steps = []
-        i = 0
-        while i >= 0:
-            steps.append(i)
-            i = walk[i]
-        path = np.array(steps)
+    cand, nxt, path = _follow(cand, lambda c: c + 16 + _u32(b, c + 8, big))
     last = int(path[-1])
     stop = int(nxt[last])
     if stop > end:  # the chain's last record does not fit: the caller looks at it
         path = path[:-1]
         stop = int(cand[last])
     return cand[path].tolist(), stop
+
+
+def _follow(cand: np.ndarray, successor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The chain from ``cand[0]`` through sorted candidate positions, each leading to ``successor(cand)``:
+    (candidates kept, their successors, the chain as indexes into them). When each candidate leads to the
+    next (the usual case) that is all of them at once; candidates nothing leads to are dropped, and what is
+    left is walked as a list."""
+    for _ in range(2):
+        nxt = successor(cand)
+        at = np.searchsorted(cand, nxt)
+        found = cand[np.minimum(at, len(cand) - 1)] == nxt
+        succ = np.where(found, at, -1)
+        if (succ[:-1] == np.arange(1, len(cand))).all():
+            return cand, nxt, np.arange(len(cand))
+        pointed = np.zeros(len(cand) + 1, dtype=bool)
+        pointed[succ] = True  # (index -1 marks the spare last slot)
+        pointed[0] = True
+        cand = cand[pointed[:-1]]
+    walk = succ.tolist()
+    steps = []
+    i = 0
+    while i >= 0:
+        steps.append(i)
+        i = walk[i]
+    return cand, nxt, np.array(steps)
+
+
+def _epb_run(buf: bytes, pos: int, end: int, order: str, ifaces: list, first: int) -> tuple[Chunk, int] | None:
+    """The enhanced packet blocks from ``pos`` on that lie wholly in ``buf[:end]``, up to the first other block or
+    the first one :meth:`Records._pcapng` would treat otherwise (too short, unknown interface, a time too
+    large for 64 bits): a chunk of their packets and where the blocks after them start. Blocks are 4-byte
+    aligned, so the buffer is read as words from ``pos``; a word 6 is a candidate block, its length word
+    says where the next one starts."""
+    words = np.frombuffer(buf, dtype=np.dtype(order + "u4"), offset=pos, count=(end - pos) // 4)
+    nw = len(words)
+    cand = np.flatnonzero(words[:-1] == 6)
+    blen = words[cand + 1].astype(np.int64)
+    keep = (blen >= 32) & (blen % 4 == 0) & (blen <= MAX_RECORD)
+    keep &= cand + blen // 4 <= nw
+    cand = cand[keep]
+    if not len(cand) or cand[0] != 0:
+        return None
+    cand, _nxt, path = _follow(cand, lambda c: c + words[c + 1].astype(np.int64) // 4)
+    if any(not (0 < mul < 1 << 40 and 0 < div < 1 << 62 and abs(off) < 1 << 62) for _, mul, div, off in ifaces):
+        return None  # time-stamp scales that 64-bit arithmetic cannot follow: block by block
+    k = cand[path]
+    ifid = words[k + 2].astype(np.int64)
+    known = ifid < len(ifaces)
+    table = np.array(ifaces, dtype=np.int64)  # (linktype, mul, div, offset)
+    f = np.minimum(ifid, len(table) - 1)
+    value = words[k + 3].astype(np.uint64) << np.uint64(32) | words[k + 4].astype(np.uint64)
+    known &= value <= (np.uint64((1 << 63) - 1) // table[f, 1].astype(np.uint64))
+    bad = np.flatnonzero(~known)
+    if len(bad):  # stop before the first block read otherwise: the block-by-block loop takes it
+        k, f, value = k[: bad[0]], f[: bad[0]], value[: bad[0]]
+    if not len(k):
+        return None
+    blen = words[k + 1].astype(np.int64)
+    ts = value.astype(np.int64) * table[f, 1] // table[f, 2] + table[f, 3]
+    data = pos + 4 * k + 28
+    caplen = np.minimum(words[k + 5].astype(np.int64), blen - 32)
+    return Chunk(buf, data, caplen, ts, table[f, 0].copy(), first), pos + 4 * int(k[-1]) + int(blen[-1])
 
 
 def _chunk_of(datas: list[bytes], tss: list[int], lts: list[int], first: int) -> Chunk:
