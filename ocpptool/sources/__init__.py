@@ -212,6 +212,8 @@ def read_one(
             raw = open(path, "rb", buffering=0)  # noqa: SIM115 - closed below
             sniffed.stream = raw
             sniffed.on_bytes = on_bytes
+        elif sniffed.kind == "pcap" and on_bytes and path != "-":
+            sniffed.on_bytes = _skipping(raw.tell(), on_bytes)  # a reader in another process reports all it reads
         try:
             yield from _dispatch(path, sniffed, source, capture or CaptureOptions())
         except (OSError, EOFError) as exc:
@@ -227,7 +229,7 @@ def _dispatch(path: str, sniffed: Sniffed, source: str, capture: CaptureOptions)
     if sniffed.kind == "pcap":
         from .capture import read_capture
 
-        yield from read_capture(path, sniffed.stream, source, capture)
+        yield from read_capture(path, sniffed.stream, source, capture, sniffed.on_bytes)
     elif sniffed.kind == "trace":
         yield from jsonl.read_trace(sniffed.stream, source, sniffed.on_bytes)
     elif sniffed.kind == "jsonl":
@@ -239,6 +241,20 @@ def _dispatch(path: str, sniffed: Sniffed, source: str, capture: CaptureOptions)
         fmt = next(f for f in TEXT_FORMATS if f.name == sniffed.kind)
         text = io.TextIOWrapper(sniffed.stream, encoding="utf-8", errors="replace", newline=None)
         yield from fmt.read(text, source)
+
+
+def _skipping(counted: int, on_bytes: Callable[[int], None]) -> Callable[[int], None]:
+    """``on_bytes`` for a reader that reads the file again from its start: the first ``counted`` bytes were
+    reported already."""
+    left = [counted]
+
+    def report(n: int) -> None:
+        k = min(n, left[0])
+        left[0] -= k
+        if n > k:
+            on_bytes(n - k)
+
+    return report
 
 
 def _is_gzip(path: str) -> bool:

@@ -23,7 +23,7 @@ Row conventions both engines follow (the differential tests compare them frame b
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -42,8 +42,10 @@ class CaptureOptions:
         return self.keylog or os.environ.get("SSLKEYLOGFILE") or None
 
 
-def read_capture(path: str, stream: BinaryIO, source: str, options: CaptureOptions) -> Iterator[SourceItem]:
-    """Yield RawBatch frames (or thunks) and ConnMeta for one capture."""
+def read_capture(path: str, stream: BinaryIO, source: str, options: CaptureOptions,
+                 on_bytes: Callable[[int], None] | None = None) -> Iterator[SourceItem]:  # fmt: skip
+    """Yield RawBatch frames (or thunks) and ConnMeta for one capture. ``on_bytes`` hears how far a reader
+    that opens the file itself (the native engine's child process) has read."""
     if options.engine not in ENGINES:
         raise SourceError(f"unknown --engine {options.engine!r} (choose auto, native or tshark)")
     keylog = options.resolved_keylog()
@@ -59,6 +61,11 @@ def read_capture(path: str, stream: BinaryIO, source: str, options: CaptureOptio
             raise SourceError("the tshark engine needs a capture file, not stdin")
         yield from tshark.read(path, source, options, keylog)
     else:
+        from . import _child
+
+        if _child.wanted(path):
+            yield from _child.read(path, source, options, on_bytes)
+            return
         from . import native
 
         yield from native.read(stream, source, options)

@@ -2,7 +2,10 @@
 
 One pass over the records, memory bounded by the open connections and the output:
 
-- records are streamed (:mod:`._records`); packets decoded by :func:`._packet.tcp_of` (Ethernet with VLAN
+- records are streamed a chunk at a time (:mod:`._records`); the regular traffic of established WebSocket
+  connections in a chunk is taken in bulk by :mod:`._fast` (numpy over the headers, whole byte runs per
+  direction), everything else packet by packet below, with the same result (tests compare the two);
+- packets decoded by :func:`._packet.tcp_of` (Ethernet with VLAN
   tags, Linux cooked v1/v2, BSD loopback, raw IP; IPv4 and IPv6 with extension headers; TCP only);
 - each TCP connection (4-tuple; a new SYN after the old one ended starts ``#2``) is reassembled per
   direction by sequence number. Out-of-order segments wait; retransmitted or overlapping bytes keep their
@@ -27,13 +30,15 @@ from collections import deque
 from collections.abc import Iterator
 from typing import BinaryIO, cast
 
+import numpy as np
 import polars as pl
 
 from ..base import CONN_META_SCHEMA, ConnMeta, RawBatch, SourceNote, conform
 from . import CaptureOptions
+from ._fast import fast_pass
 from ._http import OCPP_START, REQUEST_LINE, TAIL, Inflater, head_end, parse_request, parse_response, unmask
 from ._packet import FRAGMENT, endpoint, ports, reverse_key, tcp_of
-from ._records import Records
+from ._records import Chunk, Records
 
 BATCH = 100_000
 M32 = 0xFFFFFFFF
@@ -137,10 +142,13 @@ class _Conn:
 
 
 class _Engine:
-    def __init__(self, source: str, options: CaptureOptions) -> None:
+    def __init__(self, source: str, options: CaptureOptions, *, fast: bool = True) -> None:
         self.source = source
+        self.fast = fast  # False: every packet one by one (the reference the fast path is tested against)
         self.ports = frozenset(options.ports)
-        self.rows: list[tuple] = []
+        self.rows: list[tuple] = []  # (ts, pos, conn, charge point, direction, subprotocol, text, reason, detail)
+        self.parts: list[pl.DataFrame] = []  # rows settled in order (_PART columns), not yet handed out
+        self.ready = 0  # rows in parts
         self.conns: dict[bytes, tuple[_Conn, int]] = {}
         self.ws_conns: list[_Conn] = []
         self.tls_servers: set[str] = set()
@@ -155,71 +163,11 @@ class _Engine:
     def run(self, stream: BinaryIO) -> Iterator[RawBatch | ConnMeta | SourceNote]:
         recs = Records(stream, self.source)
         conns = self.conns
-        segment = self._segment
         pos = ts = 0
-        for pos, ts, lt, data in recs:
-            r = tcp_of(lt, data)
-            if r is None:
-                continue
-            if r is FRAGMENT:
-                self.fragments += 1
-                continue
-            key, flags, seq, ack, payload = r
-            ent = conns.get(key)
-            if ent is None:
-                if flags & RST:
-                    continue
-                conn = self._new(key, ts)
-                di = 0
-            else:
-                conn, di = ent
-                if flags & SYN and not flags & ACK and (conn.done or conn.syn_seq != seq):
-                    if not conn.done:
-                        self._finish(conn, pos, ts, end=False)
-                    conn = self._new(key, ts)
-                    di = 0
-                elif conn.done:
-                    continue
-            conn.last_ts = ts
-            conn.last_pos = pos
-            if conn.ignore:
-                if flags & (FIN | RST):
-                    d = conn.dirs[di]
-                    d.fin = True
-                    if flags & RST or conn.dirs[1 - di].fin:
-                        self._finish(conn, pos, ts, end=False)
-                continue
-            try:
-                d = conn.dirs[di]
-                if flags & SYN:
-                    if d.nxt is None or not flags & ACK and conn.syn_seq is None:
-                        d.nxt = (seq + 1) & M32
-                        d.off = 0
-                        if not flags & ACK:
-                            conn.syn_seq = seq
-                    seq = (seq + 1) & M32
-                if payload:
-                    segment(conn, d, seq, payload, pos, ts)
-                elif d.nxt is None:
-                    d.nxt = seq
-                if flags & ACK:
-                    o = conn.dirs[1 - di]
-                    if ack != o.nxt and o.nxt is not None:  # the peer acknowledges bytes we have not seen (yet)
-                        a = o.off + ((ack - o.nxt + 0x80000000) & M32) - 0x80000000
-                        if a > o.acked:
-                            o.acked = a
-                            if o.pending and a > o.off:
-                                self._gaps(conn, o, pos, ts, final=False)
-                if flags & (FIN | RST):
-                    d.fin = True
-                    if flags & RST or conn.dirs[1 - di].fin:
-                        self._finish(conn, pos, ts, end=False)
-            except Exception as exc:  # a bug must not cost the rest of the capture: drop this connection only
-                self._internal_error(conn, pos, ts, exc)
-            if len(self.rows) >= BATCH:
-                yield self._take()
-            if not pos % SWEEP_EVERY:
-                self._sweep(ts)
+        for chunk in recs.chunks():
+            pos, ts = self._chunk(chunk)
+            while self.ready >= BATCH:
+                yield self._take(BATCH)
         self.last_pos, self.last_ts = pos, ts
         seen: set[int] = set()
         for conn, _ in list(conns.values()):
@@ -239,7 +187,8 @@ class _Engine:
         if recs.problem:
             reason, detail = recs.problem
             rows.append((ts, pos + 1, None, None, None, None, None, reason, detail))
-        if rows:
+        self._settle(None, None)
+        if self.ready:
             yield self._take()
         yield ConnMeta(self._meta())
         if self.tls_servers:
@@ -248,6 +197,127 @@ class _Engine:
                 f"{self.source}: TLS traffic to {servers} was not decoded; if it is OCPP over wss, "
                 "pass --keylog FILE (a TLS key log) to decode it with tshark"
             )
+
+    def _chunk(self, ch: Chunk) -> tuple[int, int]:
+        """Every packet of a chunk, in effect in capture order: the regular traffic of established WebSocket
+        connections through :mod:`._fast` (whole connections' byte runs at once), every other packet one by
+        one through :meth:`_packet`. Rows are put back in the order packet-by-packet reading gives: each
+        row goes where the packet during which it was emitted is."""
+        n = len(ch)
+        first = ch.first
+        rows = self.rows
+        mark = len(rows)
+        slow, frame = fast_pass(self, ch) if self.fast else (None, None)
+        nfast = len(rows) - mark
+        tags: list[int] | None = None
+        if frame is not None or nfast:
+            tags = [r[1] for r in rows[mark:]]
+        if slow is None:
+            todo = range(n)
+            sel = slice(None)
+        else:
+            todo = slow
+            sel = np.array([i if i >= 0 else ~i for i in slow], dtype=np.int64)
+        buf, packet = ch.buf, self._packet
+        where = dict(zip(todo, zip(ch.data[sel].tolist(), ch.caplen[sel].tolist(), ch.ts[sel].tolist(),
+                                   ch.lt[sel].tolist(), strict=True), strict=True))  # fmt: skip
+        for i in todo:
+            before = len(rows)
+            a, c, ts, lt = where[i]
+            if i < 0:  # a regular packet that fell on a sweep point
+                i = ~i
+                self._sweep(ts)
+            else:
+                packet(first + i, ts, lt, buf[a : a + c])
+            if tags is not None and len(rows) > before:
+                tags.extend([first + i] * (len(rows) - before))
+        self._settle(mark, tags, frame)
+        return first + n - 1, int(ch.ts[-1])
+
+    def _settle(self, mark: int | None, tags: list[int] | None, frame: pl.DataFrame | None = None) -> None:
+        """Move the tuple rows into ``parts``; rows from ``mark`` on (tagged with the packet that emitted them)
+        are merged with the fast path's ``frame`` in packet order."""
+        rows = self.rows
+        if not rows and frame is None:
+            return
+        if tags is None or mark is None:
+            part = _part(rows)
+        else:
+            old = [_part(rows[:mark])] if mark else []
+            if len(rows) == mark and frame is not None:  # only one-frame messages: in packet order already
+                new = frame
+            else:
+                new = _part(rows[mark:]).with_columns(_tag=pl.Series(tags, dtype=pl.Int64))
+                if frame is not None:
+                    new = pl.concat([new, frame], how="vertical")
+                new = new.sort("_tag", maintain_order=True)
+            part = pl.concat([*old, new.drop("_tag")], how="vertical")
+        self.rows = []
+        if part.height:
+            self.parts.append(part)
+            self.ready += part.height
+
+    def _packet(self, pos: int, ts: int, lt: int, data: bytes) -> None:
+        r = tcp_of(lt, data)
+        if r is None:
+            return
+        if r is FRAGMENT:
+            self.fragments += 1
+            return
+        key, flags, seq, ack, payload = r
+        ent = self.conns.get(key)
+        if ent is None:
+            if flags & RST:
+                return
+            conn = self._new(key, ts)
+            di = 0
+        else:
+            conn, di = ent
+            if flags & SYN and not flags & ACK and (conn.done or conn.syn_seq != seq):
+                if not conn.done:
+                    self._finish(conn, pos, ts, end=False)
+                conn = self._new(key, ts)
+                di = 0
+            elif conn.done:
+                return
+        conn.last_ts = ts
+        conn.last_pos = pos
+        if conn.ignore:
+            if flags & (FIN | RST):
+                d = conn.dirs[di]
+                d.fin = True
+                if flags & RST or conn.dirs[1 - di].fin:
+                    self._finish(conn, pos, ts, end=False)
+            return
+        try:
+            d = conn.dirs[di]
+            if flags & SYN:
+                if d.nxt is None or not flags & ACK and conn.syn_seq is None:
+                    d.nxt = (seq + 1) & M32
+                    d.off = 0
+                    if not flags & ACK:
+                        conn.syn_seq = seq
+                seq = (seq + 1) & M32
+            if payload:
+                self._segment(conn, d, seq, payload, pos, ts)
+            elif d.nxt is None:
+                d.nxt = seq
+            if flags & ACK:
+                o = conn.dirs[1 - di]
+                if ack != o.nxt and o.nxt is not None:  # the peer acknowledges bytes we have not seen (yet)
+                    a = o.off + ((ack - o.nxt + 0x80000000) & M32) - 0x80000000
+                    if a > o.acked:
+                        o.acked = a
+                        if o.pending and a > o.off:
+                            self._gaps(conn, o, pos, ts, final=False)
+            if flags & (FIN | RST):
+                d.fin = True
+                if flags & RST or conn.dirs[1 - di].fin:
+                    self._finish(conn, pos, ts, end=False)
+        except Exception as exc:  # a bug must not cost the rest of the capture: drop this connection only
+            self._internal_error(conn, pos, ts, exc)
+        if not pos % SWEEP_EVERY:
+            self._sweep(ts)
 
     def _internal_error(self, conn: _Conn, pos: int, ts: int, exc: Exception) -> None:
         if conn.ws and conn.ocpp is not False:
@@ -659,7 +729,11 @@ class _Engine:
         return 1
 
     # -- WebSocket frames -----------------------------------------------------------------------------
-    def _ws(self, conn: _Conn, d: _Dir, data: bytes, pos: int, ts: int) -> None:
+    def _ws(self, conn: _Conn, d: _Dir, data: bytes, pos: int, ts: int, at: tuple | None = None) -> None:
+        """Deframe ``data``, the bytes of one packet (``pos``, ``ts``), or, with ``at = (ends, positions,
+        times)``, of many consecutive packets of this direction joined (the fast path): packet ``k`` ends
+        at ``ends[k]`` in ``data``, and each frame takes the number and time of the packet that completed it,
+        as reading packet by packet would give."""
         if d.parts:  # a frame header or body was cut: wait until what it needs is here
             joined = self._gather(d, data)
             if joined is None:
@@ -667,6 +741,7 @@ class _Engine:
             data = joined
         n = len(data)
         i = 0
+        k = 0
         while True:
             rem = n - i
             if rem < 2:
@@ -692,7 +767,15 @@ class _Engine:
                     h += 8
             op = b0 & 15
             if b0 & 0x30 or op not in _OPS or ln > MAX_FRAME or (op >= 8 and (ln > 125 or b0 & 0x40 or not b0 & 0x80)):
-                self._bad_frame(conn, d, data, i, pos, ts)
+                if at is None:
+                    self._bad_frame(conn, d, data, i, pos, ts)
+                    return
+                ends, poss, tss = at
+                while ends[k] < h:  # the packet in which the header became readable
+                    k += 1
+                self._bad_frame(conn, d, data[: ends[k]], i, poss[k], tss[k])
+                for j in range(k + 1, len(ends)):  # the rest as if read packet by packet, in the new state
+                    self._data(conn, d, data[ends[j - 1] : ends[j]], poss[j], tss[j])
                 return
             if b1 & 0x80:
                 h += 4
@@ -708,6 +791,12 @@ class _Engine:
                     return
                 payload = data[h:end]
             i = end
+            if at is not None:
+                ends = at[0]
+                while ends[k] < end:
+                    k += 1
+                pos = at[1][k]
+                ts = at[2][k]
             if op >= 8:
                 if op == 8:
                     self._close(conn, payload, ts)
@@ -802,26 +891,20 @@ class _Engine:
         elif conn.held and conn.ocpp is False:
             conn.held = None
 
-    def _take(self) -> pl.DataFrame:
-        rows = self.rows
-        if rows:
-            ts, pos, conn, cp, direction, sub, text, reason, detail = zip(*rows, strict=True)
+    def _take(self, n: int | None = None) -> pl.DataFrame:
+        """The first ``n`` settled rows (all by default) as a RawBatch."""
+        df = pl.concat(self.parts, how="vertical") if len(self.parts) != 1 else self.parts[0]
+        if n is not None and n < df.height:
+            self.parts = [df.slice(n)]
+            df = df.slice(0, n)
         else:
-            ts = pos = conn = cp = direction = sub = text = reason = detail = ()
-        df = pl.DataFrame(
-            {
-                "ts": pl.Series(ts, dtype=pl.Int64).cast(pl.Datetime("us")).dt.replace_time_zone("UTC"),
-                "source_pos": pl.Series(pos, dtype=pl.Int64),
-                "conn": pl.Series(conn, dtype=pl.String),
-                "charge_point_id": pl.Series(cp, dtype=pl.String),
-                "direction": pl.Series(direction, dtype=pl.String),
-                "subprotocol": pl.Series(sub, dtype=pl.String),
-                "text": pl.Series(text, dtype=pl.String),
-                "weird_reason": pl.Series(reason, dtype=pl.String),
-                "weird_detail": pl.Series(detail, dtype=pl.String),
-            }
-        ).with_columns(source=pl.lit(self.source, pl.String), direction_inferred=pl.lit(False))
-        self.rows = []
+            self.parts = []
+        self.ready -= df.height
+        df = df.with_columns(
+            pl.col("ts").cast(pl.Datetime("us")).dt.replace_time_zone("UTC"),
+            source=pl.lit(self.source, pl.String),
+            direction_inferred=pl.lit(False),
+        )
         return conform(df)
 
     # -- duplicates ("any" interface) -----------------------------------------------------------------
@@ -927,6 +1010,17 @@ class _Engine:
         return frame.select(list(schema))
 
 
+_PART = {"ts": pl.Int64, "source_pos": pl.Int64, "conn": pl.String, "charge_point_id": pl.String,
+         "direction": pl.String, "subprotocol": pl.String, "text": pl.String, "weird_reason": pl.String,
+         "weird_detail": pl.String}  # fmt: skip
+
+
+def _part(rows: list[tuple]) -> pl.DataFrame:
+    """Tuple rows as a frame of :data:`_PART` columns."""
+    cols = list(zip(*rows, strict=True)) if rows else [()] * len(_PART)
+    return pl.DataFrame({k: pl.Series(v, dtype=t) for (k, t), v in zip(_PART.items(), cols, strict=True)})
+
+
 def _tls_server(key: bytes, side: int, buf: bytes) -> str:
     """The server end of a TLS connection: the peer of a ClientHello, the sender of a ServerHello, else the
     end with the lower port (the capture started after the handshake)."""
@@ -939,6 +1033,9 @@ def _tls_server(key: bytes, side: int, buf: bytes) -> str:
     return endpoint(key, 0 if a < b else 1)
 
 
-def read(stream: BinaryIO, source: str, options: CaptureOptions) -> Iterator[RawBatch | ConnMeta | SourceNote]:
-    """Yield RawBatch frames (one row per complete WebSocket data message) and, last, one ConnMeta."""
-    yield from _Engine(source, options).run(stream)
+def read(stream: BinaryIO, source: str, options: CaptureOptions, *,
+         fast: bool = True) -> Iterator[RawBatch | ConnMeta | SourceNote]:  # fmt: skip
+    """Yield RawBatch frames (one row per complete WebSocket data message) and, last, one ConnMeta.
+
+    ``fast=False`` reads every packet one by one; the output is the same (tests compare the two)."""
+    yield from _Engine(source, options, fast=fast).run(stream)
