@@ -384,9 +384,11 @@ def _meter_values_samples(rows: pl.LazyFrame, keep_templates: dict | None = None
         _value=pl.coalesce(values.gather(samples["_off_value"] + samples["_v_n"]), pl.col("_value")),
     )
     templated = _finish_samples(samples.lazy())
-    whole = _whole_meter_values_samples(
-        masked.lazy().join(usable.lazy().select("key"), on="key", how="anti").select(*keep, "payload")
-    )
+    if usable.height == templates.height:  # the usual case: no payload needs the whole decode
+        return templated
+    # collected first: a lazy anti join would let the decode's text guard run on every payload
+    rest = masked.join(usable.select("key"), on="key", how="anti").select(*keep, "payload")
+    whole = _whole_meter_values_samples(rest.lazy())
     # templated rows, then whole-decoded ones (few; an anti join need not keep order, a stable sort puts them
     # back): in message order, a merge of two sorted frames
     return templated.merge_sorted(whole.sort("_row", maintain_order=True), "_row")
