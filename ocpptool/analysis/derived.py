@@ -616,7 +616,8 @@ def derive(messages: pl.LazyFrame, on_step: Callable[[str], None] | None = None)
     messages = keyed(messages)
     # The samples and the transactions feed several of the derived tables: parse the payloads once.
     kept: dict = {}
-    samples = _raw_samples(messages, kept).collect().lazy()
+    sample_rows = _raw_samples(messages, kept).collect()
+    samples = sample_rows.lazy()
     step("meter samples")
     tx = pl.concat(
         [_transactions_16(messages, kept.get("meter_ids")), _transactions_2x(messages, samples)],
@@ -655,13 +656,20 @@ def derive(messages: pl.LazyFrame, on_step: Callable[[str], None] | None = None)
         .group_by(key)
         .agg(t_connector=pl.col("connector_id").drop_nulls().first())
     )
-    meter_values = (
-        # the join keeps the samples' order: the samples of one message stay in document order (the stable
-        # sort alone could not restore it after an unordered join, and reports differed from run to run)
-        samples.join(tx_connector, on=key, how="left", maintain_order="left")
-        .with_columns(connector_id=pl.coalesce("connector_id", "t_connector"))
-        .sort("idx", maintain_order=True)
-    )
+    # Samples without a connector take their transaction's, written in place (a join of every sample would
+    # copy them all for the few that need it); the samples of one message stay in document order.
+    connector = sample_rows["connector_id"]
+    need = sample_rows.select(
+        _pos=pl.int_range(pl.len(), dtype=pl.UInt32), _need=pl.col("connector_id").is_null() & pl.col("transaction_id").is_not_null(),
+        **{k: k for k in key},
+    ).filter("_need")
+    if need.height:
+        found = need.join(tx_connector.collect(), on=key, how="left")
+        connector = connector.scatter(found["_pos"], found["t_connector"])
+    meter_values = sample_rows.with_columns(connector_id=connector)
+    if not meter_values["idx"].is_sorted():  # (the samples come in message order)
+        meter_values = meter_values.sort("idx", maintain_order=True)
+    meter_values = meter_values.lazy()
     return Derived(
         _conform(unkeyed(tx), TRANSACTIONS), _conform(unkeyed(meter_values), METER_VALUES),
         _conform(unkeyed(_statuses(messages)), STATUSES), kept.get("meter_templates"), kept.get("meter_ids"),
