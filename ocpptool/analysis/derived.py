@@ -574,12 +574,12 @@ def _statuses(messages: pl.LazyFrame) -> pl.LazyFrame:
     )
 
 
-def covering_transaction(lf: pl.LazyFrame, transactions: pl.LazyFrame) -> pl.LazyFrame:
+def covering_transaction(lf: pl.LazyFrame, transactions: pl.LazyFrame, *, sorted_by_idx: bool = False) -> pl.LazyFrame:
     """Add ``open_tid``: the transaction open on ``(charge_point_id, connector_id)`` at each row's ``idx``.
 
     The latest transaction started on that connector at or before the row (a start not in the traffic counts
     from the beginning), if it was not stopped before the row. A start without an answer counts too: the
-    charger did start it.
+    charger did start it. ``sorted_by_idx``: ``lf`` is in ``idx`` order already (kept as is, else sorted by ``idx``).
     """
     windows = (
         transactions.filter(pl.col("connector_id").is_not_null())
@@ -592,7 +592,7 @@ def covering_transaction(lf: pl.LazyFrame, transactions: pl.LazyFrame) -> pl.Laz
         .sort("w_start")
     )
     return (
-        lf.sort("idx")
+        (lf if sorted_by_idx else lf.sort("idx"))
         .join_asof(windows, left_on="idx", right_on="w_start", by=["charge_point_id", "connector_id"],
                    check_sortedness=False)
         .with_columns(open_tid=pl.when(pl.col("w_end") >= pl.col("idx")).then(pl.col("w_tid")))

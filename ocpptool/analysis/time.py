@@ -78,11 +78,13 @@ def _stamped(ctx: AnalysisContext) -> pl.LazyFrame:
 def _stamped_plan(ctx: AnalysisContext) -> pl.LazyFrame:
     p = pl.col("payload")
     text = p.str.extract(_TS_TEXT, 1)
+    # the payload itself stays behind: the frame is sorted, and only the 2.x offline flag is read from it
     return ctx.messages.filter(
         from_charger(), pl.col("ts").is_not_null(), p.str.contains('"timestamp"', literal=True)
     ).select(
-        "idx", "ts", "conn", "charge_point_id", "action", "payload", text=text,
+        "idx", "ts", "conn", "charge_point_id", "action", text=text,
         offset_s=seconds(parse_ts(text) - pl.col("ts")),
+        offline=p.str.contains('"offline"', literal=True) & p.str.contains(r'"offline"\s*:\s*true'),
     )  # fmt: skip
 
 
@@ -94,8 +96,8 @@ def _offsets(ctx: AnalysisContext) -> pl.LazyFrame:
     Late reports (stored meter values, an old session's stop, 2.x ``offline`` events) that are *behind* the
     observed clock are left out: being late is their nature, not a wrong clock.
     """
-    late = (pl.col("action").is_in(LATE_REPORTS) & (pl.col("offset_s") < -ctx.options.clock_drift_s)) | (
-        pl.col("payload").str.contains(r'"offline"\s*:\s*true')
+    late = (pl.col("action").is_in(LATE_REPORTS) & (pl.col("offset_s") < -ctx.options.clock_drift_s)) | pl.col(
+        "offline"
     )
     return (
         _stamped(ctx)
