@@ -209,6 +209,8 @@ class Derived:
     meter_templates: pl.DataFrame | None = None
     # their top-level ids read off the templates: ``idx``, ``connector_id``, ``transaction_id`` (references)
     meter_ids: pl.DataFrame | None = None
+    # TransactionEvent fields (transaction_event_fields), for the detectors
+    transaction_events: pl.DataFrame | None = None
 
 
 def _calls(messages: pl.LazyFrame, actions: list[str]) -> pl.LazyFrame:
@@ -223,6 +225,36 @@ def _calls(messages: pl.LazyFrame, actions: list[str]) -> pl.LazyFrame:
             r_payload=pl.when(pl.col("r_type") == "CALLRESULT").then(pl.col("r_payload")),
         )
     )
+
+
+# TransactionEvent fields, read once for the derived tables and the detectors (``json_path_match`` parses the
+# whole payload for every field, and a 2.x event carries its meter values: ~6 us a field).
+TE_PATHS = {
+    "_te_event": "$.eventType", "_te_tid": "$.transactionInfo.transactionId", "_te_evse": "$.evse.id",
+    "_te_token": "$.idToken.idToken", "_te_ts": "$.timestamp", "_te_reason": "$.transactionInfo.stoppedReason",
+    "_te_seq": "$.seqNo", "_te_trigger": "$.triggerReason", "_te_mv": "$.meterValue",
+}
+
+
+def transaction_event_fields(messages: pl.LazyFrame) -> pl.LazyFrame:
+    """``idx`` of every TransactionEvent CALL with the fields of :data:`TE_PATHS` (their json_path_match text)."""
+    return messages.filter((pl.col("message_type") == "CALL") & (pl.col("action") == "TransactionEvent")).select(
+        "idx", **{name: _j(path) for name, path in TE_PATHS.items()}
+    )
+
+
+def with_event_fields(frame: pl.LazyFrame, fields: pl.LazyFrame | pl.DataFrame | None,
+                      messages: pl.LazyFrame) -> pl.LazyFrame:
+    """``frame``'s rows (in their order) with the :data:`TE_PATHS` columns, null for other actions.
+
+    ``fields``: :func:`transaction_event_fields` computed already (None: from ``messages`` now)."""
+    fields = transaction_event_fields(messages) if fields is None else fields.lazy()
+    return frame.join(fields, on="idx", how="left", maintain_order="left")
+
+
+def _as_int(text: pl.Expr) -> pl.Expr:
+    """What :func:`_int` makes of a field's text."""
+    return text.cast(pl.Float64, strict=False).cast(pl.Int64, strict=False)
 
 
 # MeterValues payloads (the bulk of a fleet's traffic) are decoded through templates: a fleet sends the same
@@ -404,7 +436,8 @@ def _whole_meter_values_samples(rows: pl.LazyFrame) -> pl.LazyFrame:
     ).with_columns(sample_ts=payload_ts(pl.col("_ts")))))
 
 
-def _raw_samples(messages: pl.LazyFrame, keep_templates: dict | None = None) -> pl.LazyFrame:
+def _raw_samples(messages: pl.LazyFrame, keep_templates: dict | None = None,
+                 events: pl.DataFrame | None = None) -> pl.LazyFrame:
     """Every sampledValue of MeterValues, StopTransaction.transactionData and TransactionEvent.meterValue."""
     calls = messages.filter(
         (pl.col("message_type") == "CALL")
@@ -424,9 +457,9 @@ def _raw_samples(messages: pl.LazyFrame, keep_templates: dict | None = None) -> 
                     *cols, source_action=action, connector_id=pl.lit(None, dtype=pl.Int64),
                     transaction_id=_j("$.transactionId"), arr=_j("$.transactionData"),
                 ),
-                calls.filter(action == "TransactionEvent").select(
-                    *cols, source_action=action, connector_id=_int("$.evse.id"),
-                    transaction_id=_j("$.transactionInfo.transactionId"), arr=_j("$.meterValue"),
+                with_event_fields(calls.filter(action == "TransactionEvent"), events, messages).select(
+                    *cols, source_action=action, connector_id=_as_int(pl.col("_te_evse")),
+                    transaction_id="_te_tid", arr="_te_mv",
                 ),
             ],
             how="vertical_relaxed",
@@ -513,15 +546,15 @@ def _transactions_16(messages: pl.LazyFrame, meter_ids: pl.DataFrame | None = No
     )
 
 
-def _transactions_2x(messages: pl.LazyFrame, samples: pl.LazyFrame) -> pl.LazyFrame:
-    ev = _calls(messages, ["TransactionEvent"]).select(
+def _transactions_2x(messages: pl.LazyFrame, samples: pl.LazyFrame, events: pl.DataFrame | None = None) -> pl.LazyFrame:
+    ev = with_event_fields(_calls(messages, ["TransactionEvent"]), events, messages).select(
         "idx", "ts", "charge_point_id", "conn", "ocpp_version",
-        kind=_j("$.eventType"),
-        transaction_id=_j("$.transactionInfo.transactionId"),
-        evse=_int("$.evse.id"),
-        token=_j("$.idToken.idToken"),
-        ev_ts=payload_ts(_j("$.timestamp")),
-        reason=_j("$.transactionInfo.stoppedReason"),
+        kind="_te_event",
+        transaction_id="_te_tid",
+        evse=_as_int(pl.col("_te_evse")),
+        token="_te_token",
+        ev_ts=payload_ts(pl.col("_te_ts")),
+        reason="_te_reason",
         auth=_j("$.idTokenInfo.status", "r_payload"),
         r_idx="r_idx",
     ).filter(pl.col("transaction_id").is_not_null())
@@ -616,11 +649,12 @@ def derive(messages: pl.LazyFrame, on_step: Callable[[str], None] | None = None)
     messages = keyed(messages)
     # The samples and the transactions feed several of the derived tables: parse the payloads once.
     kept: dict = {}
-    sample_rows = _raw_samples(messages, kept).collect()
+    events = transaction_event_fields(messages).collect()
+    sample_rows = _raw_samples(messages, kept, events).collect()
     samples = sample_rows.lazy()
     step("meter samples")
     tx = pl.concat(
-        [_transactions_16(messages, kept.get("meter_ids")), _transactions_2x(messages, samples)],
+        [_transactions_16(messages, kept.get("meter_ids")), _transactions_2x(messages, samples, events)],
         how="diagonal_relaxed",
     )
     key = ["charge_point_id", "transaction_id"]
@@ -673,4 +707,5 @@ def derive(messages: pl.LazyFrame, on_step: Callable[[str], None] | None = None)
     return Derived(
         _conform(unkeyed(tx), TRANSACTIONS), _conform(unkeyed(meter_values), METER_VALUES),
         _conform(unkeyed(_statuses(messages)), STATUSES), kept.get("meter_templates"), kept.get("meter_ids"),
+        events,
     )

@@ -90,6 +90,7 @@ class AnalysisContext:
     meter_pairs: pl.LazyFrame | None = None  # meter.pairs on the keyed tables, shared by the meter detectors
     meter_readings: pl.LazyFrame | None = None  # meter.readings on the keyed tables (pairs, energy-implausible)
     meter_templates: pl.DataFrame | None = None  # derived.Derived.meter_templates (schema check)
+    transaction_events: pl.DataFrame | None = None  # derived.transaction_event_fields, read once
 
 
 @dataclass(frozen=True)
@@ -207,12 +208,13 @@ def run(tables: Tables, options: Options | None = None, *, only: list[str] | Non
         capture_start=ts.min(),
         capture_end=ts.max(),
         meter_templates=derived.meter_templates,
+        transaction_events=derived.transaction_events,
     )
     chosen = [d for c, d in DETECTORS.items() if only is None or c in only]
     if any(d.code in _USES_REFERENCES for d in chosen):
         from .transactions import references
 
-        ctx.references = references(msgs, derived.meter_ids).collect().lazy()
+        ctx.references = references(msgs, derived.meter_ids, derived.transaction_events).collect().lazy()
         timer.step("transaction references")
     if any(d.family == "meter" for d in chosen):
         from .derived import keyed_context

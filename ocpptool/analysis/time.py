@@ -13,6 +13,7 @@ from __future__ import annotations
 import polars as pl
 
 from ..protocol.actions import CP_INITIATED
+from .derived import with_event_fields
 from .registry import AnalysisContext, detector
 
 EVIDENCE_CAP = 20  # idx kept in a grouped finding's evidence; the summary gives the full count
@@ -331,10 +332,10 @@ def _starts_stops(ctx: AnalysisContext) -> tuple[pl.LazyFrame, pl.LazyFrame]:
         )
         .select(cols)
     )
-    events = calls.filter(pl.col("action") == "TransactionEvent").with_columns(
-        transaction_id=p.str.json_path_match("$.transactionInfo.transactionId"),
-        payload_ts=parse_ts(p.str.json_path_match("$.timestamp")),
-        event=p.str.json_path_match("$.eventType"),
+    events = with_event_fields(calls.filter(pl.col("action") == "TransactionEvent"), ctx.transaction_events, m).with_columns(
+        transaction_id="_te_tid",
+        payload_ts=parse_ts(pl.col("_te_ts")),
+        event="_te_event",
     )
     starts2 = (
         events.filter(pl.col("event") == "Started")
