@@ -336,8 +336,13 @@ def _finish_samples(frame: pl.LazyFrame) -> pl.LazyFrame:
     )
 
 
-def _meter_values_samples(rows: pl.LazyFrame, keep_templates: dict | None = None) -> pl.LazyFrame:
-    """MeterValues rows (with ``payload``) -> their sampled values (see the comment above :data:`_CUTS`)."""
+def _meter_values_samples(rows: pl.LazyFrame, keep_templates: dict | None = None,
+                          others: pl.LazyFrame | None = None) -> pl.LazyFrame:
+    """MeterValues rows (with ``payload``) -> their sampled values (see the comment above :data:`_CUTS`).
+
+    ``others``: the exploded samples of other actions (with ``sample_ts``, before :func:`_finish_samples`). Each
+    of their messages joins as a template of its own, so that one join yields every sample in message order.
+    """
     p = pl.col("payload")
     template = p
     for key, mark in _CUTS.items():
@@ -398,11 +403,26 @@ def _meter_values_samples(rows: pl.LazyFrame, keep_templates: dict | None = None
         .collect()
     )
     keep = [c for c in rows.collect_schema().names() if c != "payload"]
-    samples = (
-        masked.select(*keep, "key", "_off_value", "_off_timestamp")
-        .join(templates.select("key", "connector_id", "transaction_id"), on="key", how="left")
-        .join(per_template, on="key", how="inner", maintain_order="left_right")
+    messages = masked.select(*keep, "key", "_off_value", "_off_timestamp", _src=pl.lit(0, pl.UInt8)).join(
+        templates.select("key", "connector_id", "transaction_id"), on="key", how="left", maintain_order="left"
     )
+    per_sample = per_template.with_columns(_src=pl.lit(0, pl.UInt8))
+    other = None if others is None else others.collect().with_columns(
+        _src=pl.lit(1, pl.UInt8), key=pl.col("_row").cast(pl.UInt64)
+    )
+    if other is not None and other.height:
+        none = pl.lit(None, dtype=pl.Int64)
+        messages = pl.concat([
+            messages,
+            other.select(*keep, "key", "_src", "connector_id", "transaction_id")
+            .unique("_row", keep="first", maintain_order=True),
+        ], how="diagonal_relaxed").sort("_row", maintain_order=True)  # fmt: skip
+        per_sample = pl.concat([
+            per_sample,
+            other.select("key", "_src", "measurand", "phase", "unit", "context", "location", "_value", "_scale",
+                         _ts_n=none, _ts_fixed="sample_ts", _v_n=none),
+        ], how="diagonal_relaxed")  # fmt: skip
+    samples = messages.join(per_sample, on=["_src", "key"], how="inner", maintain_order="left_right")
 
     def flat(key: str) -> pl.Series:
         return masked[f"_lit_{key}"].list.explode(keep_nulls=False, empty_as_null=False).str.slice(len(key) + 4).str.strip_suffix('"')
@@ -447,10 +467,7 @@ def _raw_samples(messages: pl.LazyFrame, keep_templates: dict | None = None,
     cols = ("_row", "idx", "charge_point_id", "conn", "ts")
     # One frame per action, so that each payload is only searched for the fields its action can carry
     # (a when/then evaluates every branch on every row); put back in message order afterwards.
-    meter_values = _meter_values_samples(
-        calls.filter(action == "MeterValues").select(*cols, source_action=action, payload="payload"), keep_templates
-    )
-    others = _finish_samples(_explode_samples(_explode_values(
+    others = _explode_samples(_explode_values(
         pl.concat(
             [
                 calls.filter(action == "StopTransaction").select(
@@ -467,11 +484,13 @@ def _raw_samples(messages: pl.LazyFrame, keep_templates: dict | None = None,
         .filter(_decodable(pl.col("arr")))
         .with_columns(mv=pl.col("arr").str.json_decode(_METER_VALUE_LIST))
         .drop("arr")
-    ).with_columns(sample_ts=payload_ts(pl.col("_ts")))))
-    # both in message order (the few others by a stable sort: two actions were concatenated), samples of one
-    # message in document order: a merge, not a sort of every sample
-    others = others.cast(meter_values.collect_schema()).sort("_row", maintain_order=True)
-    return meter_values.merge_sorted(others, "_row").drop("_row")
+    ).with_columns(sample_ts=payload_ts(pl.col("_ts"))))
+    # joined into the MeterValues samples as templates of their own: every sample in message order, those of
+    # one message in document order, without a merge (a copy of every column row by row)
+    return _meter_values_samples(
+        calls.filter(action == "MeterValues").select(*cols, source_action=action, payload="payload"), keep_templates,
+        others,
+    ).drop("_row")
 
 
 def _transactions_16(messages: pl.LazyFrame, meter_ids: pl.DataFrame | None = None) -> pl.LazyFrame:
