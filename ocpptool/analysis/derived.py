@@ -337,10 +337,10 @@ def _finish_samples(frame: pl.LazyFrame) -> pl.LazyFrame:
 
 
 def _meter_values_samples(rows: pl.LazyFrame, keep_templates: dict | None = None,
-                          others: pl.LazyFrame | None = None) -> pl.LazyFrame:
+                          others: Callable[[], pl.LazyFrame] | None = None) -> pl.LazyFrame:
     """MeterValues rows (with ``payload``) -> their sampled values (see the comment above :data:`_CUTS`).
 
-    ``others``: the exploded samples of other actions (with ``sample_ts``, before :func:`_finish_samples`). Each
+    ``others()``: the exploded samples of other actions (``sample_ts`` set, before :func:`_finish_samples`). Each
     of their messages joins as a template of its own, so that one join yields every sample in message order.
     """
     p = pl.col("payload")
@@ -407,7 +407,7 @@ def _meter_values_samples(rows: pl.LazyFrame, keep_templates: dict | None = None
         templates.select("key", "connector_id", "transaction_id"), on="key", how="left", maintain_order="left"
     )
     per_sample = per_template.with_columns(_src=pl.lit(0, pl.UInt8))
-    other = None if others is None else others.collect().with_columns(
+    other = None if others is None else others().collect().with_columns(
         _src=pl.lit(1, pl.UInt8), key=pl.col("_row").cast(pl.UInt64)
     )
     if other is not None and other.height:
@@ -457,17 +457,38 @@ def _whole_meter_values_samples(rows: pl.LazyFrame) -> pl.LazyFrame:
 
 
 def _raw_samples(messages: pl.LazyFrame, keep_templates: dict | None = None,
-                 events: pl.DataFrame | None = None) -> pl.LazyFrame:
-    """Every sampledValue of MeterValues, StopTransaction.transactionData and TransactionEvent.meterValue."""
+                 events: Callable[[], pl.DataFrame] | None = None) -> pl.LazyFrame:
+    """Every sampledValue of MeterValues, StopTransaction.transactionData and TransactionEvent.meterValue.
+
+    ``events()``: :func:`transaction_event_fields` (kept as ``keep_templates["events"]``); None: read here.
+    """
     calls = messages.filter(
         (pl.col("message_type") == "CALL")
         & pl.col("action").is_in(["MeterValues", "StopTransaction", "TransactionEvent"])
     ).with_row_index("_row")
     action = pl.col("action")
     cols = ("_row", "idx", "charge_point_id", "conn", "ts")
-    # One frame per action, so that each payload is only searched for the fields its action can carry
-    # (a when/then evaluates every branch on every row); put back in message order afterwards.
-    others = _explode_samples(_explode_values(
+    def others() -> pl.LazyFrame:
+        fields = None if events is None else events()
+        if keep_templates is not None:
+            keep_templates["events"] = fields
+        return _others(calls, fields, messages)
+
+    # One frame per action, so that each payload is only searched for the fields its action can carry (a
+    # when/then evaluates every branch on every row). The others join the MeterValues samples as templates of
+    # their own: every sample in message order, those of one message in document order, without a merge (a
+    # copy of every column row by row).
+    return _meter_values_samples(
+        calls.filter(action == "MeterValues").select(*cols, source_action=action, payload="payload"), keep_templates,
+        others,
+    ).drop("_row")
+
+
+def _others(calls: pl.LazyFrame, events: pl.DataFrame | None, messages: pl.LazyFrame) -> pl.LazyFrame:
+    """StopTransaction and TransactionEvent CALLs (of :func:`_raw_samples`) -> their exploded samples."""
+    action = pl.col("action")
+    cols = ("_row", "idx", "charge_point_id", "conn", "ts")
+    return _explode_samples(_explode_values(
         pl.concat(
             [
                 calls.filter(action == "StopTransaction").select(
@@ -485,12 +506,6 @@ def _raw_samples(messages: pl.LazyFrame, keep_templates: dict | None = None,
         .with_columns(mv=pl.col("arr").str.json_decode(_METER_VALUE_LIST))
         .drop("arr")
     ).with_columns(sample_ts=payload_ts(pl.col("_ts"))))
-    # joined into the MeterValues samples as templates of their own: every sample in message order, those of
-    # one message in document order, without a merge (a copy of every column row by row)
-    return _meter_values_samples(
-        calls.filter(action == "MeterValues").select(*cols, source_action=action, payload="payload"), keep_templates,
-        others,
-    ).drop("_row")
 
 
 def _transactions_16(messages: pl.LazyFrame, meter_ids: pl.DataFrame | None = None) -> pl.LazyFrame:
@@ -659,17 +674,22 @@ def _conform(lf: pl.LazyFrame, schema: dict[str, pl.DataType]) -> pl.LazyFrame:
     )
 
 
-def derive(messages: pl.LazyFrame, on_step: Callable[[str], None] | None = None) -> Derived:
+def derive(messages: pl.LazyFrame, on_step: Callable[[str], None] | None = None,
+           events: Callable[[], pl.DataFrame] | None = None) -> Derived:
     """Build the transactions, meter_values and statuses tables (lazy) from the messages table.
 
-    ``on_step(label)`` is called after each materialised step (timing).
+    ``on_step(label)`` is called after each materialised step (timing). ``events()``: the
+    :func:`transaction_event_fields`, asked for only when the MeterValues templates are done (so that another
+    thread can read them meanwhile); None: read here.
     """
     step = on_step or (lambda label: None)
     messages = keyed(messages)
     # The samples and the transactions feed several of the derived tables: parse the payloads once.
     kept: dict = {}
-    events = transaction_event_fields(messages).collect()
+    if events is None:
+        events = transaction_event_fields(messages).collect
     sample_rows = _raw_samples(messages, kept, events).collect()
+    events = kept["events"]
     samples = sample_rows.lazy()
     step("meter samples")
     tx = pl.concat(

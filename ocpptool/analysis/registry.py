@@ -182,13 +182,13 @@ class _Timer:
 _USES_REFERENCES = {"unknown-transaction", "duplicate-transaction", "invalid-transaction-id", "event-after-end"}
 
 
-def _derive(tables: Tables, options: Options, timer: _Timer) -> tuple[AnalysisContext, object, tuple]:
+def _derive(tables: Tables, options: Options, timer: _Timer, events=None) -> tuple[AnalysisContext, object, tuple]:
     """The derived tables, materialised once (every detector reads them; re-deriving them per detector, a lazy
     plan per consumer, would parse the payloads many times over), on a context."""
     from .derived import derive
 
     msgs = tables.messages.lazy()
-    derived = derive(msgs, on_step=timer.step)
+    derived = derive(msgs, on_step=timer.step, events=events)
     transactions, meter_values, statuses = pl.collect_all(
         [derived.transactions, derived.meter_values, derived.statuses]
     )
@@ -258,7 +258,11 @@ def run(tables: Tables, options: Options | None = None, *, only: list[str] | Non
     chosen = [d for c, d in DETECTORS.items() if only is None or c in only]
     early = [] if timer.per_detector else [d for d in chosen if d.code in _MESSAGES_ONLY]
     with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = None
+        pending = events = None
+        if not timer.per_detector:  # the TransactionEvent fields first: the derived tables wait for them
+            from .derived import transaction_event_fields
+
+            events = pool.submit(transaction_event_fields(tables.messages.lazy()).collect).result
         if early:
             ts = tables.messages["ts"]
             bare = AnalysisContext(
@@ -266,7 +270,7 @@ def run(tables: Tables, options: Options | None = None, *, only: list[str] | Non
                 meter_values=None, statuses=None, options=options, capture_start=ts.min(), capture_end=ts.max(),  # type: ignore[arg-type]
             )  # fmt: skip
             pending = pool.submit(pl.collect_all, [conform_findings(d.fn(bare), d) for d in early])
-        ctx, derived, (transactions, meter_values, statuses) = _derive(tables, options, timer)
+        ctx, derived, (transactions, meter_values, statuses) = _derive(tables, options, timer, events)
         later = [d for d in chosen if d not in early]
         found = dict(zip(later, _collect(_plans(ctx, derived, later, timer), later, timer), strict=True))
         if pending is not None:
