@@ -91,6 +91,7 @@ class AnalysisContext:
     meter_readings: pl.LazyFrame | None = None  # meter.readings on the keyed tables (pairs, energy-implausible)
     meter_templates: pl.DataFrame | None = None  # derived.Derived.meter_templates (schema check)
     transaction_events: pl.DataFrame | None = None  # derived.transaction_event_fields, read once
+    schema_classes: pl.DataFrame | None = None  # schemas.untemplated_classes, computed on the second thread
 
 
 @dataclass(frozen=True)
@@ -270,9 +271,18 @@ def run(tables: Tables, options: Options | None = None, *, only: list[str] | Non
                 meter_values=None, statuses=None, options=options, capture_start=ts.min(), capture_end=ts.max(),  # type: ignore[arg-type]
             )  # fmt: skip
             pending = pool.submit(pl.collect_all, [conform_findings(d.fn(bare), d) for d in early])
+        schema = [d for d in chosen if d.code == "schema-violation" and not timer.per_detector]
+        if schema:  # its payload classes need no derived table; the detector runs last, once they are done
+            from .schemas import untemplated_classes
+
+            classes = pool.submit(untemplated_classes(tables.messages.lazy()).collect)
         ctx, derived, (transactions, meter_values, statuses) = _derive(tables, options, timer, events)
-        later = [d for d in chosen if d not in early]
+        later = [d for d in chosen if d not in early and d not in schema]
         found = dict(zip(later, _collect(_plans(ctx, derived, later, timer), later, timer), strict=True))
+        if schema:
+            ctx.schema_classes = classes.result()
+            found[schema[0]] = conform_findings(schema[0].fn(ctx), schema[0]).collect()
+            timer.step("schema-violation (classes from the second thread)")
         if pending is not None:
             found.update(zip(early, pending.result(), strict=True))
             timer.step("detectors on the second thread (waited for)")

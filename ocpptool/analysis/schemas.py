@@ -331,14 +331,8 @@ def _meter_values_keys(rows: pl.LazyFrame, meter_templates: pl.DataFrame) -> pl.
     ])
 
 
-def violations(
-    messages: pl.LazyFrame, evidence_cap: int = 20, meter_templates: pl.DataFrame | None = None
-) -> pl.LazyFrame:
-    """schema-violation findings for CALL and CALLRESULT payloads (see the module docstring).
-
-    ``meter_templates`` (from :func:`.derived.derive`) lets MeterValues payloads be classed without a pass
-    over their text.
-    """
+def _rows(messages: pl.LazyFrame) -> pl.LazyFrame:
+    """CALL and CALLRESULT rows with a schema to check: ``kind``, ``dir``, ``schema``, ``exact`` (payload hash)."""
     kind = pl.when(pl.col("message_type") == "CALL").then(pl.lit("request")).otherwise(pl.lit("response"))
     d = pl.col("ocpp_version").replace_strict(VERSION_DIRS, default=None)
     suffix = (
@@ -349,7 +343,7 @@ def violations(
         .otherwise(pl.lit("Request"))
     )
     known = sorted({f"{dd}/{n}" for dd, n in _schema_files()})
-    rows = (
+    return (
         messages.filter(
             pl.col("message_type").is_in(["CALL", "CALLRESULT"]),
             pl.col("action").is_not_null(),
@@ -361,20 +355,46 @@ def violations(
         .filter(pl.concat_str("dir", pl.lit("/"), "schema").is_in(known))
         .with_columns(exact=pl.col("payload").hash())
     )
-    # exact duplicates first (Heartbeat {} is one validation for a million rows), then classes
-    templated = None
-    if meter_templates is not None:
-        templated = _meter_values_keys(rows.filter(pl.col("action") == "MeterValues"), meter_templates)
-        rows_left = rows.join(meter_templates.lazy().select("idx"), on="idx", how="anti")
-    else:
-        rows_left = rows
-    distinct = (
-        rows_left.group_by("dir", "schema", "exact")
+
+
+def _classes(rows: pl.LazyFrame) -> pl.LazyFrame:
+    """Exact duplicates first (Heartbeat {} is one validation for a million rows), then each distinct payload's
+    class: ``dir``, ``schema``, ``exact``, ``idx`` (a representative), ``key``."""
+    return (
+        rows.group_by("dir", "schema", "exact")
         .agg(pl.col("idx").first(), payload=pl.col("payload").first())
         .select("dir", "schema", "exact", "idx", key=class_key(pl.col("payload")))
     )
-    if templated is not None:
+
+
+def untemplated_classes(messages: pl.LazyFrame) -> pl.LazyFrame:
+    """The classes of every checked payload but the MeterValues requests, which :func:`violations` classes
+    through the templates of :func:`.derived.derive` (``meter_templates`` holds every MeterValues CALL). It
+    needs no derived table, so it can be computed while they are built."""
+    rows = _rows(messages)
+    return _classes(rows.filter(~((pl.col("kind") == "request") & (pl.col("action") == "MeterValues"))))
+
+
+def violations(
+    messages: pl.LazyFrame, evidence_cap: int = 20, meter_templates: pl.DataFrame | None = None,
+    classes: pl.DataFrame | None = None,
+) -> pl.LazyFrame:
+    """schema-violation findings for CALL and CALLRESULT payloads (see the module docstring).
+
+    ``meter_templates`` (from :func:`.derived.derive`) lets MeterValues payloads be classed without a pass
+    over their text; ``classes``: :func:`untemplated_classes`, computed already (only with the templates).
+    """
+    rows = _rows(messages)
+    if meter_templates is not None:
+        templated = _meter_values_keys(rows.filter(pl.col("action") == "MeterValues"), meter_templates)
+        if classes is None:
+            rows_left = rows.join(meter_templates.lazy().select("idx"), on="idx", how="anti")
+            distinct = _classes(rows_left)
+        else:
+            distinct = classes.lazy()
         distinct = pl.concat([distinct, templated], how="vertical_relaxed")
+    else:
+        distinct = _classes(rows)
     distinct = distinct.cache()  # read three times below: hash and canonicalise each distinct payload once
     # Payloads are fetched back by idx only for what is validated: one representative per class, and the
     # members of the classes that must be split.
