@@ -48,9 +48,7 @@ def parse_ts(text: pl.Expr) -> pl.Expr:
 
 
 def seconds(delta: pl.Expr) -> pl.Expr:
-    # times 1e-6, not / 1e6: Polars divides a column by a constant as a product with its reciprocal but a
-    # one-row chunk by true division, so the last bit of a division depended on how rows were chunked
-    return delta.dt.total_microseconds() * 1e-6
+    return delta.dt.total_microseconds() / 1e6
 
 
 def human(secs: pl.Expr) -> pl.Expr:
