@@ -371,5 +371,5 @@ def concurrent_calls(ctx: AnalysisContext) -> pl.LazyFrame:
 )
 def schema_violation(ctx: AnalysisContext) -> pl.LazyFrame:
     return schemas.violations(
-        ctx.messages, EVIDENCE_CAP, meter_templates=ctx.meter_templates, classes=ctx.schema_classes
+        ctx.messages, EVIDENCE_CAP, meter_templates=ctx.meter_templates, prepared=ctx.schema_classes
     )

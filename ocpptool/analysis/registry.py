@@ -91,7 +91,7 @@ class AnalysisContext:
     meter_readings: pl.LazyFrame | None = None  # meter.readings on the keyed tables (pairs, energy-implausible)
     meter_templates: pl.DataFrame | None = None  # derived.Derived.meter_templates (schema check)
     transaction_events: pl.DataFrame | None = None  # derived.transaction_event_fields, read once
-    schema_classes: pl.DataFrame | None = None  # schemas.untemplated_classes, computed on the second thread
+    schema_classes: tuple | None = None  # schemas.untemplated_classes, computed on the second thread
 
 
 @dataclass(frozen=True)
@@ -275,7 +275,7 @@ def run(tables: Tables, options: Options | None = None, *, only: list[str] | Non
         if schema:  # its payload classes need no derived table; the detector runs last, once they are done
             from .schemas import untemplated_classes
 
-            classes = pool.submit(untemplated_classes(tables.messages.lazy()).collect)
+            classes = pool.submit(untemplated_classes, tables.messages.lazy())
         ctx, derived, (transactions, meter_values, statuses) = _derive(tables, options, timer, events)
         later = [d for d in chosen if d not in early and d not in schema]
         found = dict(zip(later, _collect(_plans(ctx, derived, later, timer), later, timer), strict=True))

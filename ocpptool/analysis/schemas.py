@@ -367,31 +367,36 @@ def _classes(rows: pl.LazyFrame) -> pl.LazyFrame:
     )
 
 
-def untemplated_classes(messages: pl.LazyFrame) -> pl.LazyFrame:
-    """The classes of every checked payload but the MeterValues requests, which :func:`violations` classes
-    through the templates of :func:`.derived.derive` (``meter_templates`` holds every MeterValues CALL). It
-    needs no derived table, so it can be computed while they are built."""
-    rows = _rows(messages)
-    return _classes(rows.filter(~((pl.col("kind") == "request") & (pl.col("action") == "MeterValues"))))
+def untemplated_classes(messages: pl.LazyFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(the checked rows without their payload, the classes of every checked payload but the MeterValues
+    requests), for :func:`violations`, which classes those through the templates of :func:`.derived.derive`
+    (``meter_templates`` holds every MeterValues CALL). It needs no derived table, so it can be computed while
+    they are built."""
+    rows = _rows(messages).cache()
+    checked, classes = pl.collect_all([
+        rows.drop("payload"),
+        _classes(rows.filter(~((pl.col("kind") == "request") & (pl.col("action") == "MeterValues")))),
+    ])  # fmt: skip
+    return checked, classes
 
 
 def violations(
     messages: pl.LazyFrame, evidence_cap: int = 20, meter_templates: pl.DataFrame | None = None,
-    classes: pl.DataFrame | None = None,
+    prepared: tuple[pl.DataFrame, pl.DataFrame] | None = None,
 ) -> pl.LazyFrame:
     """schema-violation findings for CALL and CALLRESULT payloads (see the module docstring).
 
     ``meter_templates`` (from :func:`.derived.derive`) lets MeterValues payloads be classed without a pass
-    over their text; ``classes``: :func:`untemplated_classes`, computed already (only with the templates).
+    over their text; ``prepared``: :func:`untemplated_classes`, computed already (only with the templates).
     """
-    rows = _rows(messages)
+    rows = _rows(messages) if prepared is None else prepared[0].lazy()
     if meter_templates is not None:
         templated = _meter_values_keys(rows.filter(pl.col("action") == "MeterValues"), meter_templates)
-        if classes is None:
+        if prepared is None:
             rows_left = rows.join(meter_templates.lazy().select("idx"), on="idx", how="anti")
             distinct = _classes(rows_left)
         else:
-            distinct = classes.lazy()
+            distinct = prepared[1].lazy()
         distinct = pl.concat([distinct, templated], how="vertical_relaxed")
     else:
         distinct = _classes(rows)
