@@ -204,7 +204,8 @@ class Derived:
     transactions: pl.LazyFrame
     meter_values: pl.LazyFrame
     statuses: pl.LazyFrame
-    # MeterValues CALLs cut into templates (``idx``, ``key``: the template's hash, ``template``, ``literals``),
+    # MeterValues CALLs cut into templates (``idx``, ``key``: the template's hash, ``template``, ``_lit_value`` and
+    # ``_lit_timestamp``: the literals cut out),
     # for the schema check, which classes payloads the same way
     meter_templates: pl.DataFrame | None = None
     # their top-level ids read off the templates: ``idx``, ``connector_id``, ``transaction_id`` (references)
@@ -368,7 +369,7 @@ def _meter_values_samples(rows: pl.LazyFrame, keep_templates: dict | None = None
     )
     if keep_templates is not None:
         keep_templates["meter_templates"] = masked.select(
-            "idx", "key", "template", literals=pl.concat_list(*[f"_lit_{k}" for k in _CUTS])
+            "idx", "key", "template", *[f"_lit_{k}" for k in _CUTS]  # the literals, per key
         )
         keep_templates["meter_ids"] = masked.select("idx", "key").join(
             templates.select("key", "connector_id", "transaction_id", "events_id"), on="key", how="left"

@@ -319,7 +319,7 @@ def _meter_values_keys(rows: pl.LazyFrame, meter_templates: pl.DataFrame) -> pl.
         .otherwise(e.hash())
     )
     keys = (
-        templates.select("idx", "key", lits=pl.col("literals").list.eval(shape).hash())
+        templates.select("idx", "key", lits=pl.concat_list(*[f"_lit_{k}" for k in _CUTS]).list.eval(shape).hash())
         .join(canonical_templates, on="key")
         .select("idx", key=pl.struct("t", "lits").hash())
     )
