@@ -8,15 +8,19 @@ Running ``jsonschema`` on a million payloads would take minutes, so it runs on *
 steps, all in the lazy plan (Python only ever sees one payload per class):
 
 1. exact duplicates collapse (a hash per payload: Heartbeat ``{}`` is one validation for a million rows);
-2. each distinct payload gets a class key: every enum value that contains a digit (``L1-N``, ``SHA256``,
-   ``OCPP16`` ...) is swapped for a unique digit-free token, then every digit becomes ``0``. The key keeps
-   every object key, every structural character, every string's length, every enum value, the sign and the
-   fraction point of numbers; it blurs only digits;
+2. each distinct payload gets a class key: every enum value of every schema and the literals ``true``,
+   ``false``, ``null`` are swapped for unique tokens, then every ASCII letter and digit becomes ``a``; the
+   object keys are kept exactly beside it (:func:`class_key`). The key keeps every object key, every
+   structural character, every string's length, every enum value, the sign and the fraction point of
+   numbers; it blurs only the letters and digits of other strings and of numbers. A payload with a number in
+   exponent form, an escape or a token character is a class of its own. MeterValues requests are classed
+   through the templates of :mod:`.derived` (their cut strings left out where no schema reads them);
 3. one representative per class is validated (``jsonschema`` compiled once per schema). The same walk also
-   decides whether the blurred digits could matter to *this* schema for *this* shape: a number under a
-   bound (2.x has minimum/maximum), a fraction where an integer is wanted, an invalid value with digits at an
-   enum location, a digit in an object key, a ``\\u`` escape. Such a class is split back into its distinct payloads, each
-   validated. So the verdict is exact, not sampled. ``format`` is not checked (jsonschema's default).
+   decides whether the blurred characters could matter to *this* schema for *this* shape: a number under a
+   bound or at an enum location, a fraction where an integer is wanted, a string at an enum location that is
+   not a valid value, a string under a pattern, a digit in an object key, a ``\\u`` escape, an error whose
+   line could quote blurred content. Such a class is split back into its distinct payloads, each validated.
+   So the verdict is exact, not sampled. ``format`` is not checked (jsonschema's default).
 """
 
 from __future__ import annotations
@@ -66,7 +70,7 @@ def validator(version_dir: str, name: str):
 
 _TOKEN = "\ue000"  # starts every token (a private-use character; a payload holding it is its own class)
 _ALNUM = [*"0123456789", *"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"]
-_BLUR = ["0"] * 10 + ["a"] * 52
+_BLUR = ["a"] * 62
 _OBJECT_KEY = r'"[^"\\]*"\s*:'
 
 
@@ -94,26 +98,24 @@ def enum_tokens() -> tuple[list[str], list[str]]:
 
 def canonical(payload: pl.Expr) -> pl.Expr:
     """The class key text: every enum value and JSON literal swapped for its token, then every ASCII letter
-    an ``a`` and every digit a ``0`` (object keys are kept apart by :func:`class_key`)."""
+    and digit an ``a`` (object keys are kept apart by :func:`class_key`)."""
     quoted, tokens = enum_tokens()
     return payload.str.replace_many(quoted, tokens).str.replace_many(_ALNUM, _BLUR)
 
 
-# a number with an exponent (``1e5`` is a float, ``125`` an integer: their digits and letters must stay apart)
+# a number with an exponent (``1e5`` is a float, ``125`` an integer: blurred alike, they must stay apart)
 _EXPONENT = r"[:,\[]\s*-?[0-9]+(?:\.[0-9]+)?[eE]"
 
 
 def class_key(payload: pl.Expr) -> pl.Expr:
     """A payload's class (a hash): its canonical text and its object keys, exactly.
 
-    Without numbers in exponent form, digits and letters blur alike (``"04DE1B"`` and ``"0412A7"`` are the
-    same string to a schema: only enum locations look at content, and those classes are split). A payload
-    with an escape (whose digits decide a string's length) or a token character is a class of its own.
+    Digits and letters blur alike (``"04DE1B"`` and ``"0412A7"`` are the same string to a schema: only enum
+    locations look at content, and those classes are split). A payload with a number in exponent form, an
+    escape (whose digits decide a string's length) or a token character is a class of its own.
     """
-    own = payload.str.contains(f"[\\\\{_TOKEN}]")
-    text = canonical(payload)
-    text = pl.when(payload.str.contains(_EXPONENT)).then(text).otherwise(text.str.replace_all("0", "a", literal=True))
-    key = pl.struct(text.alias("c"), payload.str.extract_all(_OBJECT_KEY).alias("k")).hash()
+    own = payload.str.contains(f"[\\\\{_TOKEN}]") | payload.str.contains(_EXPONENT)
+    key = pl.struct(canonical(payload).alias("c"), payload.str.extract_all(_OBJECT_KEY).alias("k")).hash()
     return pl.when(own).then(pl.struct(payload).hash()).otherwise(key)
 
 
