@@ -37,7 +37,7 @@ def inputs(skip_bench: bool) -> list[tuple[str, list[str]]]:
         sys.path.insert(0, str(HERE))
         from bench_analyze import input_file
 
-        path, _ = input_file(100_000)
+        path, _ = input_file("jsonl", 100_000, 300, 1, quiet=False)
         out.append((str(path), []))
     out.append((str(ROOT / "captures" / "fleet-demo.jsonl"), []))
     for d in (ROOT / "tests" / "captures", ROOT / "tests" / "data", ROOT.parent / "shared" / "public-data"):

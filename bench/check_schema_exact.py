@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     from ocpptool.pipeline import load
 
     paths = (argv if argv is not None else sys.argv[1:]) or [
-        str(input_file(100_000)[0]),
+        str(input_file("jsonl", 100_000, 300, 1, quiet=False)[0]),
         *sorted(str(p) for p in (ROOT.parent / "shared" / "public-data").rglob("*")
                 if p.is_file() and p.suffix not in (".md",) and p.name != "SHA256SUMS"),
     ]

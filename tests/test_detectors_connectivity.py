@@ -156,3 +156,22 @@ def test_filmar_reboots_three_times_in_ten_minutes():
     tables, _ = load([str(need(PUBLIC / "filmar-client-sim" / "ocpp.log"))], progress=False)
     f = run(tables, only=["boot-loop", "reconnect-storm"]).findings
     assert f.select("code", "value", "evidence").rows() == [("boot-loop", 3.0, [0, 76, 118])]
+
+
+def test_detectors_run_on_the_second_thread_are_registered_and_read_only_messages():
+    """Every detector collected beside the derived tables exists and builds its plan without them."""
+    from ocpptool.analysis.registry import (
+        _MESSAGES_ONLY,
+        DETECTORS,
+        AnalysisContext,
+        Options,
+        _load_detectors,
+    )
+
+    _load_detectors()
+    assert set(DETECTORS) >= _MESSAGES_ONLY
+    t = frames(up(0, call("h", "Heartbeat", {})), down(0.1, result("h", {"currentTime": "2026-01-05T10:00:00Z"})))
+    bare = AnalysisContext(messages=t.messages.lazy(), connections=t.connections.lazy(), transactions=None,
+                           meter_values=None, statuses=None, options=Options())  # fmt: skip
+    for code in sorted(_MESSAGES_ONLY):
+        assert DETECTORS[code].fn(bare).collect().height == 0, code

@@ -249,6 +249,38 @@ def test_meter_values_classed_by_template_get_exact_verdicts():
     assert flagged(t) == {i: len(e) for i, e in expected.items()}
 
 
+def flagged_lines(tables) -> dict[int, list[str]]:
+    """The detector's error lines per message (read back from the summaries)."""
+    out: dict[int, list[str]] = {}
+    for summary, evidence in findings(tables, "schema-violation").select("summary", "evidence").iter_rows():
+        for idx in evidence:
+            out.setdefault(idx, []).append(summary.split(".json: ", 1)[1][:-1])
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def test_blurring_letters_with_digits_never_hides_a_violation():
+    """Payloads that differ only in letters and digits (ids, enum values, exponents, true/null) get exact error lines."""
+
+    def stop(tag: str, reason: str = '"Local"', meter: str = "1234") -> str:
+        body = f'{{"meterStop":{meter},"timestamp":"2026-01-05T10:00:00Z","transactionId":7,"reason":{reason},"idTag":{tag}}}'
+        return f'[2,"s","StopTransaction",{body}]'
+
+    def status(connector: str, value: str = "Available") -> str:
+        body = f'{{"connectorId":{connector},"errorCode":"NoError","status":"{value}"}}'
+        return f'[2,"n","StatusNotification",{body}]'
+
+    texts = [stop('"04DE1B8AFC5BEE"'), stop('"0412A7"'), stop('"AB12"'), stop(f'"{"A" * 21}"'), stop(f'"{"0" * 21}"'),
+             stop('"ab"', '"Locak"'), stop('"ab"', '"Lacal"'), stop('"ab"', '"Remote"'), stop("123"), stop("1e3"),
+             stop("150"), stop("1.5e0"), stop("true"), stop("null"), stop('"ab"', meter="1234"),
+             stop('"ab"', meter='"1234"'), stop('"ab"', meter="1e3"), status("1"), status("1e0"), status("9"),
+             status("true"), status("null"), status("1", "Charging"), status("1", "Chargink"), status("1", "Faulted"),
+             status("1", "faulted"), status("1", "Faulter")]  # fmt: skip
+    t = frames(*[up(i, x) for i, x in enumerate(texts)])
+    expected = naive(t)
+    assert set(expected) >= {3, 4, 5, 6, 8, 9, 12, 15, 20, 21, 23, 25, 26}
+    assert flagged_lines(t) == expected
+
+
 def test_unicode_escapes_do_not_blur_string_lengths():
     """Two escapes count as two characters, one surrogate pair as one: CiString20 verdicts stay exact."""
     pair, two = "\\ud83d\\ude00", "\\u0041\\u0042"

@@ -204,11 +204,14 @@ class Derived:
     transactions: pl.LazyFrame
     meter_values: pl.LazyFrame
     statuses: pl.LazyFrame
-    # MeterValues CALLs cut into templates (``idx``, ``key``: the template's hash, ``template``, ``literals``),
+    # MeterValues CALLs cut into templates (``idx``, ``key``: the template's hash, ``template``, ``_lit_value`` and
+    # ``_lit_timestamp``: the literals cut out),
     # for the schema check, which classes payloads the same way
     meter_templates: pl.DataFrame | None = None
     # their top-level ids read off the templates: ``idx``, ``connector_id``, ``transaction_id`` (references)
     meter_ids: pl.DataFrame | None = None
+    # TransactionEvent fields (transaction_event_fields), for the detectors
+    transaction_events: pl.DataFrame | None = None
 
 
 def _calls(messages: pl.LazyFrame, actions: list[str]) -> pl.LazyFrame:
@@ -223,6 +226,36 @@ def _calls(messages: pl.LazyFrame, actions: list[str]) -> pl.LazyFrame:
             r_payload=pl.when(pl.col("r_type") == "CALLRESULT").then(pl.col("r_payload")),
         )
     )
+
+
+# TransactionEvent fields, read once for the derived tables and the detectors (``json_path_match`` parses the
+# whole payload for every field, and a 2.x event carries its meter values: ~6 us a field).
+TE_PATHS = {
+    "_te_event": "$.eventType", "_te_tid": "$.transactionInfo.transactionId", "_te_evse": "$.evse.id",
+    "_te_token": "$.idToken.idToken", "_te_ts": "$.timestamp", "_te_reason": "$.transactionInfo.stoppedReason",
+    "_te_seq": "$.seqNo", "_te_trigger": "$.triggerReason", "_te_mv": "$.meterValue",
+}
+
+
+def transaction_event_fields(messages: pl.LazyFrame) -> pl.LazyFrame:
+    """``idx`` of every TransactionEvent CALL with the fields of :data:`TE_PATHS` (their json_path_match text)."""
+    return messages.filter((pl.col("message_type") == "CALL") & (pl.col("action") == "TransactionEvent")).select(
+        "idx", **{name: _j(path) for name, path in TE_PATHS.items()}
+    )
+
+
+def with_event_fields(frame: pl.LazyFrame, fields: pl.LazyFrame | pl.DataFrame | None,
+                      messages: pl.LazyFrame) -> pl.LazyFrame:
+    """``frame``'s rows (in their order) with the :data:`TE_PATHS` columns, null for other actions.
+
+    ``fields``: :func:`transaction_event_fields` computed already (None: from ``messages`` now)."""
+    fields = transaction_event_fields(messages) if fields is None else fields.lazy()
+    return frame.join(fields, on="idx", how="left", maintain_order="left")
+
+
+def _as_int(text: pl.Expr) -> pl.Expr:
+    """What :func:`_int` makes of a field's text."""
+    return text.cast(pl.Float64, strict=False).cast(pl.Int64, strict=False)
 
 
 # MeterValues payloads (the bulk of a fleet's traffic) are decoded through templates: a fleet sends the same
@@ -304,8 +337,13 @@ def _finish_samples(frame: pl.LazyFrame) -> pl.LazyFrame:
     )
 
 
-def _meter_values_samples(rows: pl.LazyFrame, keep_templates: dict | None = None) -> pl.LazyFrame:
-    """MeterValues rows (with ``payload``) -> their sampled values (see the comment above :data:`_CUTS`)."""
+def _meter_values_samples(rows: pl.LazyFrame, keep_templates: dict | None = None,
+                          others: Callable[[], pl.LazyFrame] | None = None) -> pl.LazyFrame:
+    """MeterValues rows (with ``payload``) -> their sampled values (see the comment above :data:`_CUTS`).
+
+    ``others()``: the exploded samples of other actions (``sample_ts`` set, before :func:`_finish_samples`). Each
+    of their messages joins as a template of its own, so that one join yields every sample in message order.
+    """
     p = pl.col("payload")
     template = p
     for key, mark in _CUTS.items():
@@ -331,7 +369,7 @@ def _meter_values_samples(rows: pl.LazyFrame, keep_templates: dict | None = None
     )
     if keep_templates is not None:
         keep_templates["meter_templates"] = masked.select(
-            "idx", "key", "template", literals=pl.concat_list(*[f"_lit_{k}" for k in _CUTS])
+            "idx", "key", "template", *[f"_lit_{k}" for k in _CUTS]  # the literals, per key
         )
         keep_templates["meter_ids"] = masked.select("idx", "key").join(
             templates.select("key", "connector_id", "transaction_id", "events_id"), on="key", how="left"
@@ -366,11 +404,26 @@ def _meter_values_samples(rows: pl.LazyFrame, keep_templates: dict | None = None
         .collect()
     )
     keep = [c for c in rows.collect_schema().names() if c != "payload"]
-    samples = (
-        masked.select(*keep, "key", "_off_value", "_off_timestamp")
-        .join(templates.select("key", "connector_id", "transaction_id"), on="key", how="left")
-        .join(per_template, on="key", how="inner", maintain_order="left_right")
+    messages = masked.select(*keep, "key", "_off_value", "_off_timestamp", _src=pl.lit(0, pl.UInt8)).join(
+        templates.select("key", "connector_id", "transaction_id"), on="key", how="left", maintain_order="left"
     )
+    per_sample = per_template.with_columns(_src=pl.lit(0, pl.UInt8))
+    other = None if others is None else others().collect().with_columns(
+        _src=pl.lit(1, pl.UInt8), key=pl.col("_row").cast(pl.UInt64)
+    )
+    if other is not None and other.height:
+        none = pl.lit(None, dtype=pl.Int64)
+        messages = pl.concat([
+            messages,
+            other.select(*keep, "key", "_src", "connector_id", "transaction_id")
+            .unique("_row", keep="first", maintain_order=True),
+        ], how="diagonal_relaxed").sort("_row", maintain_order=True)  # fmt: skip
+        per_sample = pl.concat([
+            per_sample,
+            other.select("key", "_src", "measurand", "phase", "unit", "context", "location", "_value", "_scale",
+                         _ts_n=none, _ts_fixed="sample_ts", _v_n=none),
+        ], how="diagonal_relaxed")  # fmt: skip
+    samples = messages.join(per_sample, on=["_src", "key"], how="inner", maintain_order="left_right")
 
     def flat(key: str) -> pl.Series:
         return masked[f"_lit_{key}"].list.explode(keep_nulls=False, empty_as_null=False).str.slice(len(key) + 4).str.strip_suffix('"')
@@ -384,9 +437,11 @@ def _meter_values_samples(rows: pl.LazyFrame, keep_templates: dict | None = None
         _value=pl.coalesce(values.gather(samples["_off_value"] + samples["_v_n"]), pl.col("_value")),
     )
     templated = _finish_samples(samples.lazy())
-    whole = _whole_meter_values_samples(
-        masked.lazy().join(usable.lazy().select("key"), on="key", how="anti").select(*keep, "payload")
-    )
+    if usable.height == templates.height:  # the usual case: no payload needs the whole decode
+        return templated
+    # collected first: a lazy anti join would let the decode's text guard run on every payload
+    rest = masked.join(usable.select("key"), on="key", how="anti").select(*keep, "payload")
+    whole = _whole_meter_values_samples(rest.lazy())
     # templated rows, then whole-decoded ones (few; an anti join need not keep order, a stable sort puts them
     # back): in message order, a merge of two sorted frames
     return templated.merge_sorted(whole.sort("_row", maintain_order=True), "_row")
@@ -402,29 +457,48 @@ def _whole_meter_values_samples(rows: pl.LazyFrame) -> pl.LazyFrame:
     ).with_columns(sample_ts=payload_ts(pl.col("_ts")))))
 
 
-def _raw_samples(messages: pl.LazyFrame, keep_templates: dict | None = None) -> pl.LazyFrame:
-    """Every sampledValue of MeterValues, StopTransaction.transactionData and TransactionEvent.meterValue."""
+def _raw_samples(messages: pl.LazyFrame, keep_templates: dict | None = None,
+                 events: Callable[[], pl.DataFrame] | None = None) -> pl.LazyFrame:
+    """Every sampledValue of MeterValues, StopTransaction.transactionData and TransactionEvent.meterValue.
+
+    ``events()``: :func:`transaction_event_fields` (kept as ``keep_templates["events"]``); None: read here.
+    """
     calls = messages.filter(
         (pl.col("message_type") == "CALL")
         & pl.col("action").is_in(["MeterValues", "StopTransaction", "TransactionEvent"])
     ).with_row_index("_row")
     action = pl.col("action")
     cols = ("_row", "idx", "charge_point_id", "conn", "ts")
-    # One frame per action, so that each payload is only searched for the fields its action can carry
-    # (a when/then evaluates every branch on every row); put back in message order afterwards.
-    meter_values = _meter_values_samples(
-        calls.filter(action == "MeterValues").select(*cols, source_action=action, payload="payload"), keep_templates
-    )
-    others = _finish_samples(_explode_samples(_explode_values(
+    def others() -> pl.LazyFrame:
+        fields = None if events is None else events()
+        if keep_templates is not None:
+            keep_templates["events"] = fields
+        return _others(calls, fields, messages)
+
+    # One frame per action, so that each payload is only searched for the fields its action can carry (a
+    # when/then evaluates every branch on every row). The others join the MeterValues samples as templates of
+    # their own: every sample in message order, those of one message in document order, without a merge (a
+    # copy of every column row by row).
+    return _meter_values_samples(
+        calls.filter(action == "MeterValues").select(*cols, source_action=action, payload="payload"), keep_templates,
+        others,
+    ).drop("_row")
+
+
+def _others(calls: pl.LazyFrame, events: pl.DataFrame | None, messages: pl.LazyFrame) -> pl.LazyFrame:
+    """StopTransaction and TransactionEvent CALLs (of :func:`_raw_samples`) -> their exploded samples."""
+    action = pl.col("action")
+    cols = ("_row", "idx", "charge_point_id", "conn", "ts")
+    return _explode_samples(_explode_values(
         pl.concat(
             [
                 calls.filter(action == "StopTransaction").select(
                     *cols, source_action=action, connector_id=pl.lit(None, dtype=pl.Int64),
                     transaction_id=_j("$.transactionId"), arr=_j("$.transactionData"),
                 ),
-                calls.filter(action == "TransactionEvent").select(
-                    *cols, source_action=action, connector_id=_int("$.evse.id"),
-                    transaction_id=_j("$.transactionInfo.transactionId"), arr=_j("$.meterValue"),
+                with_event_fields(calls.filter(action == "TransactionEvent"), events, messages).select(
+                    *cols, source_action=action, connector_id=_as_int(pl.col("_te_evse")),
+                    transaction_id="_te_tid", arr="_te_mv",
                 ),
             ],
             how="vertical_relaxed",
@@ -432,11 +506,7 @@ def _raw_samples(messages: pl.LazyFrame, keep_templates: dict | None = None) -> 
         .filter(_decodable(pl.col("arr")))
         .with_columns(mv=pl.col("arr").str.json_decode(_METER_VALUE_LIST))
         .drop("arr")
-    ).with_columns(sample_ts=payload_ts(pl.col("_ts")))))
-    # both in message order (the few others by a stable sort: two actions were concatenated), samples of one
-    # message in document order: a merge, not a sort of every sample
-    others = others.cast(meter_values.collect_schema()).sort("_row", maintain_order=True)
-    return meter_values.merge_sorted(others, "_row").drop("_row")
+    ).with_columns(sample_ts=payload_ts(pl.col("_ts"))))
 
 
 def _transactions_16(messages: pl.LazyFrame, meter_ids: pl.DataFrame | None = None) -> pl.LazyFrame:
@@ -511,15 +581,15 @@ def _transactions_16(messages: pl.LazyFrame, meter_ids: pl.DataFrame | None = No
     )
 
 
-def _transactions_2x(messages: pl.LazyFrame, samples: pl.LazyFrame) -> pl.LazyFrame:
-    ev = _calls(messages, ["TransactionEvent"]).select(
+def _transactions_2x(messages: pl.LazyFrame, samples: pl.LazyFrame, events: pl.DataFrame | None = None) -> pl.LazyFrame:
+    ev = with_event_fields(_calls(messages, ["TransactionEvent"]), events, messages).select(
         "idx", "ts", "charge_point_id", "conn", "ocpp_version",
-        kind=_j("$.eventType"),
-        transaction_id=_j("$.transactionInfo.transactionId"),
-        evse=_int("$.evse.id"),
-        token=_j("$.idToken.idToken"),
-        ev_ts=payload_ts(_j("$.timestamp")),
-        reason=_j("$.transactionInfo.stoppedReason"),
+        kind="_te_event",
+        transaction_id="_te_tid",
+        evse=_as_int(pl.col("_te_evse")),
+        token="_te_token",
+        ev_ts=payload_ts(pl.col("_te_ts")),
+        reason="_te_reason",
         auth=_j("$.idTokenInfo.status", "r_payload"),
         r_idx="r_idx",
     ).filter(pl.col("transaction_id").is_not_null())
@@ -572,12 +642,12 @@ def _statuses(messages: pl.LazyFrame) -> pl.LazyFrame:
     )
 
 
-def covering_transaction(lf: pl.LazyFrame, transactions: pl.LazyFrame) -> pl.LazyFrame:
+def covering_transaction(lf: pl.LazyFrame, transactions: pl.LazyFrame, *, sorted_by_idx: bool = False) -> pl.LazyFrame:
     """Add ``open_tid``: the transaction open on ``(charge_point_id, connector_id)`` at each row's ``idx``.
 
     The latest transaction started on that connector at or before the row (a start not in the traffic counts
     from the beginning), if it was not stopped before the row. A start without an answer counts too: the
-    charger did start it.
+    charger did start it. ``sorted_by_idx``: ``lf`` is in ``idx`` order already (kept as is, else sorted by ``idx``).
     """
     windows = (
         transactions.filter(pl.col("connector_id").is_not_null())
@@ -590,7 +660,7 @@ def covering_transaction(lf: pl.LazyFrame, transactions: pl.LazyFrame) -> pl.Laz
         .sort("w_start")
     )
     return (
-        lf.sort("idx")
+        (lf if sorted_by_idx else lf.sort("idx"))
         .join_asof(windows, left_on="idx", right_on="w_start", by=["charge_point_id", "connector_id"],
                    check_sortedness=False)
         .with_columns(open_tid=pl.when(pl.col("w_end") >= pl.col("idx")).then(pl.col("w_tid")))
@@ -605,19 +675,26 @@ def _conform(lf: pl.LazyFrame, schema: dict[str, pl.DataType]) -> pl.LazyFrame:
     )
 
 
-def derive(messages: pl.LazyFrame, on_step: Callable[[str], None] | None = None) -> Derived:
+def derive(messages: pl.LazyFrame, on_step: Callable[[str], None] | None = None,
+           events: Callable[[], pl.DataFrame] | None = None) -> Derived:
     """Build the transactions, meter_values and statuses tables (lazy) from the messages table.
 
-    ``on_step(label)`` is called after each materialised step (timing).
+    ``on_step(label)`` is called after each materialised step (timing). ``events()``: the
+    :func:`transaction_event_fields`, asked for only when the MeterValues templates are done (so that another
+    thread can read them meanwhile); None: read here.
     """
     step = on_step or (lambda label: None)
     messages = keyed(messages)
     # The samples and the transactions feed several of the derived tables: parse the payloads once.
     kept: dict = {}
-    samples = _raw_samples(messages, kept).collect().lazy()
+    if events is None:
+        events = transaction_event_fields(messages).collect
+    sample_rows = _raw_samples(messages, kept, events).collect()
+    events = kept["events"]
+    samples = sample_rows.lazy()
     step("meter samples")
     tx = pl.concat(
-        [_transactions_16(messages, kept.get("meter_ids")), _transactions_2x(messages, samples)],
+        [_transactions_16(messages, kept.get("meter_ids")), _transactions_2x(messages, samples, events)],
         how="diagonal_relaxed",
     )
     key = ["charge_point_id", "transaction_id"]
@@ -653,14 +730,22 @@ def derive(messages: pl.LazyFrame, on_step: Callable[[str], None] | None = None)
         .group_by(key)
         .agg(t_connector=pl.col("connector_id").drop_nulls().first())
     )
-    meter_values = (
-        # the join keeps the samples' order: the samples of one message stay in document order (the stable
-        # sort alone could not restore it after an unordered join, and reports differed from run to run)
-        samples.join(tx_connector, on=key, how="left", maintain_order="left")
-        .with_columns(connector_id=pl.coalesce("connector_id", "t_connector"))
-        .sort("idx", maintain_order=True)
-    )
+    # Samples without a connector take their transaction's, written in place (a join of every sample would
+    # copy them all for the few that need it); the samples of one message stay in document order.
+    connector = sample_rows["connector_id"]
+    need = sample_rows.select(
+        _pos=pl.int_range(pl.len(), dtype=pl.UInt32), _need=pl.col("connector_id").is_null() & pl.col("transaction_id").is_not_null(),
+        **{k: k for k in key},
+    ).filter("_need")
+    if need.height:
+        found = need.join(tx_connector.collect(), on=key, how="left")
+        connector = connector.scatter(found["_pos"], found["t_connector"])
+    meter_values = sample_rows.with_columns(connector_id=connector)
+    if not meter_values["idx"].is_sorted():  # (the samples come in message order)
+        meter_values = meter_values.sort("idx", maintain_order=True)
+    meter_values = meter_values.lazy()
     return Derived(
         _conform(unkeyed(tx), TRANSACTIONS), _conform(unkeyed(meter_values), METER_VALUES),
         _conform(unkeyed(_statuses(messages)), STATUSES), kept.get("meter_templates"), kept.get("meter_ids"),
+        events,
     )

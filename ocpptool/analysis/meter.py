@@ -33,7 +33,8 @@ def readings(ctx: AnalysisContext) -> pl.LazyFrame:
             (pl.col("measurand") == ENERGY_REGISTER) & pl.col("value").is_not_null()
             & pl.col("connector_id").is_not_null()
         )
-        .with_columns(sub=pl.int_range(pl.len()).over("idx"))
+        # the sample's place in its message: meter_values is in idx order, so a message's samples are one run
+        .with_columns(sub=_place_in_run(pl.col("idx")))
         .with_columns(pl.col("phase").fill_null(""))  # "" groups and joins; null would not join
         .select("idx", "sub", "ts", "sample_ts", "conn", *SERIES, "transaction_id", "value", "resolution",
                 kind=pl.lit("sample"))
@@ -53,11 +54,16 @@ def readings(ctx: AnalysisContext) -> pl.LazyFrame:
         for end, sub in (("start", -1), ("stop", 1 << 30))
     ]
     series = pl.concat([samples.with_columns(sub=pl.col("sub").cast(pl.Int64)), *pseudo], how="vertical_relaxed")
-    return (
-        covering_transaction(series, ctx.transactions)
-        .with_columns(tx=pl.coalesce("transaction_id", "open_tid"))
-        .sort("idx", "sub")
+    return covering_transaction(series.sort("idx", "sub"), ctx.transactions, sorted_by_idx=True).with_columns(
+        tx=pl.coalesce("transaction_id", "open_tid")
     )
+
+
+def _place_in_run(key: pl.Expr) -> pl.Expr:
+    """0, 1, 2 ... within each run of equal consecutive ``key`` values (a window over runs, without a group-by)."""
+    row = pl.int_range(pl.len(), dtype=pl.Int64)
+    start = pl.when(key.ne_missing(key.shift(1)) | (row == 0)).then(row).forward_fill()
+    return row - start
 
 
 def pairs(ctx: AnalysisContext) -> pl.LazyFrame:

@@ -370,4 +370,6 @@ def concurrent_calls(ctx: AnalysisContext) -> pl.LazyFrame:
     many messages broke the rule. Compare the payload with the schema named in the summary.""",
 )
 def schema_violation(ctx: AnalysisContext) -> pl.LazyFrame:
-    return schemas.violations(ctx.messages, EVIDENCE_CAP, meter_templates=ctx.meter_templates)
+    return schemas.violations(
+        ctx.messages, EVIDENCE_CAP, meter_templates=ctx.meter_templates, prepared=ctx.schema_classes
+    )

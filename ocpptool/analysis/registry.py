@@ -90,6 +90,8 @@ class AnalysisContext:
     meter_pairs: pl.LazyFrame | None = None  # meter.pairs on the keyed tables, shared by the meter detectors
     meter_readings: pl.LazyFrame | None = None  # meter.readings on the keyed tables (pairs, energy-implausible)
     meter_templates: pl.DataFrame | None = None  # derived.Derived.meter_templates (schema check)
+    transaction_events: pl.DataFrame | None = None  # derived.transaction_event_fields, read once
+    schema_classes: tuple | None = None  # schemas.untemplated_classes, computed on the second thread
 
 
 @dataclass(frozen=True)
@@ -158,7 +160,11 @@ class _Timer:
     """
 
     def __init__(self) -> None:
-        self.enabled = os.environ.get("OCPPTOOL_TIMINGS", "") not in ("", "0")
+        value = os.environ.get("OCPPTOOL_TIMINGS", "")
+        self.enabled = value not in ("", "0")
+        # ``OCPPTOOL_TIMINGS=together``: the shared steps timed, the detectors collected together as in an
+        # untimed run (one step for all of them): the real total, without the per-detector split
+        self.per_detector = self.enabled and value != "together"
         self._last = self._now()
 
     @staticmethod
@@ -177,17 +183,13 @@ class _Timer:
 _USES_REFERENCES = {"unknown-transaction", "duplicate-transaction", "invalid-transaction-id", "event-after-end"}
 
 
-def run(tables: Tables, options: Options | None = None, *, only: list[str] | None = None) -> Analysis:
-    """Build the derived tables and run every detector (or ``only`` these codes)."""
+def _derive(tables: Tables, options: Options, timer: _Timer, events=None) -> tuple[AnalysisContext, object, tuple]:
+    """The derived tables, materialised once (every detector reads them; re-deriving them per detector, a lazy
+    plan per consumer, would parse the payloads many times over), on a context."""
     from .derived import derive
 
-    _load_detectors()
-    timer = _Timer()
-    options = options or Options()
     msgs = tables.messages.lazy()
-    derived = derive(msgs, on_step=timer.step)
-    # Materialise the derived tables once: every detector reads them, and re-deriving them per detector
-    # (a lazy plan per consumer) would parse the payloads many times over.
+    derived = derive(msgs, on_step=timer.step, events=events)
     transactions, meter_values, statuses = pl.collect_all(
         [derived.transactions, derived.meter_values, derived.statuses]
     )
@@ -203,12 +205,17 @@ def run(tables: Tables, options: Options | None = None, *, only: list[str] | Non
         capture_start=ts.min(),
         capture_end=ts.max(),
         meter_templates=derived.meter_templates,
+        transaction_events=derived.transaction_events,
     )
-    chosen = [d for c, d in DETECTORS.items() if only is None or c in only]
+    return ctx, derived, (transactions, meter_values, statuses)
+
+
+def _plans(ctx: AnalysisContext, derived, chosen: list[Detector], timer: _Timer) -> list[pl.LazyFrame]:
+    """The shared frames the chosen detectors need (materialised), then each detector's plan."""
     if any(d.code in _USES_REFERENCES for d in chosen):
         from .transactions import references
 
-        ctx.references = references(msgs, derived.meter_ids).collect().lazy()
+        ctx.references = references(ctx.messages, derived.meter_ids, derived.transaction_events).collect().lazy()
         timer.step("transaction references")
     if any(d.family == "meter" for d in chosen):
         from .derived import keyed_context
@@ -217,14 +224,69 @@ def run(tables: Tables, options: Options | None = None, *, only: list[str] | Non
         ctx.meter_readings = readings(keyed_context(ctx)).collect().lazy()
         ctx.meter_pairs = pairs(keyed_context(ctx)).collect().lazy()
         timer.step("meter pairs")
-    plans = [conform_findings(d.fn(ctx), d) for d in chosen]
-    if timer.enabled:
+    return [conform_findings(d.fn(ctx), d) for d in chosen]
+
+
+def _collect(plans: list[pl.LazyFrame], chosen: list[Detector], timer: _Timer) -> list[pl.DataFrame]:
+    if timer.per_detector:
         found = []
         for d, plan in zip(chosen, plans, strict=True):
             found.append(plan.collect())
             timer.step(d.code)
-    else:
-        found = pl.collect_all(plans) if plans else []
+        return found
+    found = pl.collect_all(plans) if plans else []
+    timer.step("detectors (collected together)")
+    return found
+
+
+# Detectors that read only the messages and connections (not the derived tables): an untimed run collects them
+# on a second thread while the derived tables are built, since most string work in Polars runs on one core.
+# Their plans are built on a context without derived tables, so one that reads them fails loudly in the tests.
+_MESSAGES_ONLY = {
+    "clock-drift", "clock-jump", "timestamp-in-future", "epoch-timestamp", "heartbeat-gap", "boot-loop",
+    "reconnect-storm", "unanswered-call", "call-error", "orphan-response", "duplicate-message-id",
+    "concurrent-calls",
+}  # fmt: skip
+
+
+def run(tables: Tables, options: Options | None = None, *, only: list[str] | None = None) -> Analysis:
+    """Build the derived tables and run every detector (or ``only`` these codes)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    _load_detectors()
+    timer = _Timer()
+    options = options or Options()
+    chosen = [d for c, d in DETECTORS.items() if only is None or c in only]
+    early = [] if timer.per_detector else [d for d in chosen if d.code in _MESSAGES_ONLY]
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = events = None
+        if not timer.per_detector:  # the TransactionEvent fields first: the derived tables wait for them
+            from .derived import transaction_event_fields
+
+            events = pool.submit(transaction_event_fields(tables.messages.lazy()).collect).result
+        if early:
+            ts = tables.messages["ts"]
+            bare = AnalysisContext(
+                messages=tables.messages.lazy(), connections=tables.connections.lazy(), transactions=None,  # type: ignore[arg-type]
+                meter_values=None, statuses=None, options=options, capture_start=ts.min(), capture_end=ts.max(),  # type: ignore[arg-type]
+            )  # fmt: skip
+            pending = pool.submit(pl.collect_all, [conform_findings(d.fn(bare), d) for d in early])
+        schema = [d for d in chosen if d.code == "schema-violation" and not timer.per_detector]
+        if schema:  # its payload classes need no derived table; the detector runs last, once they are done
+            from .schemas import untemplated_classes
+
+            classes = pool.submit(untemplated_classes, tables.messages.lazy())
+        ctx, derived, (transactions, meter_values, statuses) = _derive(tables, options, timer, events)
+        later = [d for d in chosen if d not in early and d not in schema]
+        found = dict(zip(later, _collect(_plans(ctx, derived, later, timer), later, timer), strict=True))
+        if schema:
+            ctx.schema_classes = classes.result()
+            found[schema[0]] = conform_findings(schema[0].fn(ctx), schema[0]).collect()
+            timer.step("schema-violation (classes from the second thread)")
+        if pending is not None:
+            found.update(zip(early, pending.result(), strict=True))
+            timer.step("detectors on the second thread (waited for)")
+    found = [found[d] for d in chosen]
     findings = (
         pl.concat(found, how="vertical") if found else pl.DataFrame(schema=FINDINGS)
     ).with_columns(_rank=pl.col("severity").replace_strict(SEVERITY_RANK, default=9))

@@ -8,15 +8,19 @@ Running ``jsonschema`` on a million payloads would take minutes, so it runs on *
 steps, all in the lazy plan (Python only ever sees one payload per class):
 
 1. exact duplicates collapse (a hash per payload: Heartbeat ``{}`` is one validation for a million rows);
-2. each distinct payload gets a class key: every enum value that contains a digit (``L1-N``, ``SHA256``,
-   ``OCPP16`` ...) is swapped for a unique digit-free token, then every digit becomes ``0``. The key keeps
-   every object key, every structural character, every string's length, every enum value, the sign and the
-   fraction point of numbers; it blurs only digits;
+2. each distinct payload gets a class key: every enum value of every schema and the literals ``true``,
+   ``false``, ``null`` are swapped for unique tokens, then every ASCII letter and digit becomes ``a``; the
+   object keys are kept exactly beside it (:func:`class_key`). The key keeps every object key, every
+   structural character, every string's length, every enum value, the sign and the fraction point of
+   numbers; it blurs only the letters and digits of other strings and of numbers. A payload with a number in
+   exponent form, an escape or a token character is a class of its own. MeterValues requests are classed
+   through the templates of :mod:`.derived` (their cut strings left out where no schema reads them);
 3. one representative per class is validated (``jsonschema`` compiled once per schema). The same walk also
-   decides whether the blurred digits could matter to *this* schema for *this* shape: a number under a
-   bound (2.x has minimum/maximum), a fraction where an integer is wanted, an invalid value with digits at an
-   enum location, a digit in an object key, a ``\\u`` escape. Such a class is split back into its distinct payloads, each
-   validated. So the verdict is exact, not sampled. ``format`` is not checked (jsonschema's default).
+   decides whether the blurred characters could matter to *this* schema for *this* shape: a number under a
+   bound or at an enum location, a fraction where an integer is wanted, a string at an enum location that is
+   not a valid value, a string under a pattern, a digit in an object key, a ``\\u`` escape, an error whose
+   line could quote blurred content. Such a class is split back into its distinct payloads, each validated.
+   So the verdict is exact, not sampled. ``format`` is not checked (jsonschema's default).
 """
 
 from __future__ import annotations
@@ -64,14 +68,21 @@ def validator(version_dir: str, name: str):
     return validator_for(schema, default=Draft4Validator)(schema)
 
 
+_TOKEN = "\ue000"  # starts every token (a private-use character; a payload holding it is its own class)
+_ALNUM = [*"0123456789", *"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"]
+_BLUR = ["a"] * 62
+_OBJECT_KEY = r'"[^"\\]*"\s*:'
+
+
 @cache
-def digit_enums() -> tuple[list[str], list[str]]:
-    """(quoted enum values containing a digit, a unique digit-free token for each)."""
+def enum_tokens() -> tuple[list[str], list[str]]:
+    """(every quoted string enum value of every schema, plus ``true``, ``false``, ``null``; a unique token for
+    each: :data:`_TOKEN` and one more private-use character)."""
     values: set[str] = set()
 
     def walk(o: Any) -> None:
         if isinstance(o, dict):
-            values.update(v for v in o.get("enum", []) if isinstance(v, str) and re.search(r"\d", v))
+            values.update(v for v in o.get("enum", []) if isinstance(v, str) and '"' not in v and "\\" not in v)
             for v in o.values():
                 walk(v)
         elif isinstance(o, list):
@@ -80,21 +91,32 @@ def digit_enums() -> tuple[list[str], list[str]]:
 
     for f in _schema_files().values():
         walk(json.loads(f.read_text(encoding="utf-8")))
-    ordered = sorted(values, key=lambda v: (-len(v), v))
-    letters = "abcdefghijklmnopqrstuvwxyz"
-    tokens = [
-        f'"\u00a7{letters[i // 26 % 26]}{letters[i % 26]}{letters[i // 676]}"' for i in range(len(ordered))
-    ]
-    return [f'"{v}"' for v in ordered], tokens
+    ordered = sorted((f'"{v}"' for v in values), key=lambda v: (-len(v), v)) + ["false", "null", "true"]
+    assert len(ordered) < 0x1000
+    return ordered, [_TOKEN + chr(0xE100 + i) for i in range(len(ordered))]
 
 
 def canonical(payload: pl.Expr) -> pl.Expr:
-    """The class key text: valid digit-bearing enum values swapped for tokens, then every digit a zero."""
-    quoted, tokens = digit_enums()
-    text = payload.str.replace_many(quoted, tokens)
-    for digit in "123456789":  # nine literal passes: faster than one regex with a match per digit
-        text = text.str.replace_all(digit, "0", literal=True)
-    return text
+    """The class key text: every enum value and JSON literal swapped for its token, then every ASCII letter
+    and digit an ``a`` (object keys are kept apart by :func:`class_key`)."""
+    quoted, tokens = enum_tokens()
+    return payload.str.replace_many(quoted, tokens).str.replace_many(_ALNUM, _BLUR)
+
+
+# a number with an exponent (``1e5`` is a float, ``125`` an integer: blurred alike, they must stay apart)
+_EXPONENT = r"[:,\[]\s*-?[0-9]+(?:\.[0-9]+)?[eE]"
+
+
+def class_key(payload: pl.Expr) -> pl.Expr:
+    """A payload's class (a hash): its canonical text and its object keys, exactly.
+
+    Digits and letters blur alike (``"04DE1B"`` and ``"0412A7"`` are the same string to a schema: only enum
+    locations look at content, and those classes are split). A payload with a number in exponent form, an
+    escape (whose digits decide a string's length) or a token character is a class of its own.
+    """
+    own = payload.str.contains(f"[\\\\{_TOKEN}]") | payload.str.contains(_EXPONENT)
+    key = pl.struct(canonical(payload).alias("c"), payload.str.extract_all(_OBJECT_KEY).alias("k")).hash()
+    return pl.when(own).then(pl.struct(payload).hash()).otherwise(key)
 
 
 def _resolve(schema: dict, root: dict) -> dict:
@@ -109,20 +131,22 @@ def _resolve(schema: dict, root: dict) -> dict:
 def sensitive(instance: Any, schema: dict, root: dict) -> bool:
     """Could another member of this instance's class get a different verdict? (see the module docstring)
 
-    Only where digits matter to the schema: a number under a bound, a fraction where an integer is wanted,
-    a digit inside a value at an enum location that is not a valid enum value, a digit in an object key.
+    Only where blurred characters matter to the schema: a number under a bound or at an enum location, a
+    fraction where an integer is wanted, a string at an enum location that is not a valid enum value (valid
+    ones are tokens, kept exactly), a string under a pattern or const, a digit in an object key.
     """
     schema = _resolve(schema, root)
     if isinstance(instance, bool) or instance is None:
         return False
     if isinstance(instance, int | float):
         if any(
-            k in schema for k in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf")
+            k in schema
+            for k in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf", "enum", "const")
         ):
             return True
         return isinstance(instance, float) and "integer" in str(schema.get("type"))
     if isinstance(instance, str):
-        return "enum" in schema and instance not in schema["enum"] and any(c.isdigit() for c in instance)
+        return ("enum" in schema and instance not in schema["enum"]) or "pattern" in schema or "const" in schema
     if isinstance(instance, list):
         items = schema.get("items")
         return isinstance(items, dict) and any(sensitive(v, items, root) for v in instance)
@@ -170,6 +194,11 @@ def describe(error) -> str:
     return f"{path}: {error.message[:200]}"
 
 
+# errors whose line (describe) holds no blurred character: paths, keys, limits, lengths and types only (an
+# enum error quotes its string, but sensitive() splits every class with a string outside its enum)
+_CLASS_SAFE_ERRORS = {"maxLength", "minLength", "type", "enum", "required", "additionalProperties", "minimum",
+                      "maximum", "exclusiveMinimum", "exclusiveMaximum"}
+
 _VERDICT = pl.Struct({"errors": pl.List(pl.String()), "sensitive": pl.Boolean()})
 
 
@@ -186,9 +215,15 @@ def _validate_batch(s: pl.Series) -> pl.Series:
         except orjson.JSONDecodeError:
             out.append({"errors": ["payload is not JSON"], "sensitive": True})
             continue
-        errors = sorted({describe(e) for e in v.iter_errors(instance)})
-        # a \\u escape's digits decide whether it is one character or half of a surrogate pair (length)
-        split = "\\u" in row["payload"] or sensitive(instance, v.schema, v.schema)
+        found = list(v.iter_errors(instance))
+        errors = sorted({describe(e) for e in found})
+        # a \\u escape's digits decide whether it is one character or half of a surrogate pair (length); an
+        # error line that may quote the blurred content (see describe) needs the exact payload
+        split = (
+            "\\u" in row["payload"]
+            or any(e.validator not in _CLASS_SAFE_ERRORS for e in found)
+            or sensitive(instance, v.schema, v.schema)
+        )
         out.append({"errors": errors, "sensitive": split})
     return pl.Series(out, dtype=_VERDICT)
 
@@ -197,6 +232,52 @@ def _verdict(frame: pl.LazyFrame) -> pl.LazyFrame:
     return frame.with_columns(
         v=pl.struct("dir", "schema", "payload").map_batches(_validate_batch, return_dtype=_VERDICT)
     ).unnest("v")
+
+
+_FREE_KEYWORDS = {"type", "format", "description", "javaType", "comment", "$comment", "title", "default",
+                  "additionalProperties"}  # format is not checked; additionalProperties means nothing on a string
+
+
+_UNKNOWN_KEYWORDS = ("anyOf", "oneOf", "allOf", "not", "if", "patternProperties", "dependencies", "maxItems",
+                     "uniqueItems", "const", "contains", "minProperties", "maxProperties")
+
+
+@cache
+def literals_free(version_dir: str, name: str, keys: tuple[str, ...]) -> bool:
+    """Whether no string under an object member named one of ``keys`` can change this schema's verdict by its
+    content: wherever the schema can place such a member (``properties``, ``additionalProperties``), the
+    member's schema says at most its type (no enum, length, pattern, const). Anything the walk does not know
+    (combinators, ``patternProperties``, keywords whose error message quotes a whole array or object) answers
+    False."""
+    v = validator(version_dir, name)
+    if v is None:
+        return False
+    root = v.schema
+
+    def free(sub: Any) -> bool:
+        if not isinstance(sub, dict):
+            return isinstance(sub, bool)
+        sub = _resolve(sub, root)
+        return set(sub) <= _FREE_KEYWORDS and (
+            "type" not in sub or sub["type"] in ("string", "number", "integer", "boolean", "null", "object", "array")
+        )
+
+    def walk(o: Any) -> bool:
+        if isinstance(o, dict):
+            if any(k in o for k in _UNKNOWN_KEYWORDS) or o.get("minItems", 0) > 1:
+                return False  # or an error message could quote an instance holding the strings
+            props = o.get("properties")
+            if isinstance(props, dict) and not all(free(props[k]) for k in keys if k in props):
+                return False
+            extra = o.get("additionalProperties")
+            if isinstance(extra, dict) and not free(extra):
+                return False
+            return all(walk(x) for x in o.values())
+        if isinstance(o, list):
+            return all(walk(x) for x in o)
+        return True
+
+    return walk(root)
 
 
 def _meter_values_keys(rows: pl.LazyFrame, meter_templates: pl.DataFrame) -> pl.LazyFrame:
@@ -212,8 +293,25 @@ def _meter_values_keys(rows: pl.LazyFrame, meter_templates: pl.DataFrame) -> pl.
     templates = meter_templates.lazy()
     canonical_templates = (
         templates.group_by("key").agg(pl.col("template").first())
-        .select("key", t=canonical(pl.col("template")).hash())
+        .select("key", t=class_key(pl.col("template")))
     )
+    # Where the schema does not look into these strings (every OCPP MeterValues schema: a sample's value is
+    # any string or a number, a timestamp's format is not checked), the canonical template alone is the class.
+    from .derived import _CUTS
+
+    dirs = sorted(set(VERSION_DIRS.values()))
+    free = [d for d in dirs if literals_free(d, schema_name(d, "MeterValues", "request"), tuple(_CUTS))]
+    plain = (
+        rows.filter(pl.col("dir").is_in(free))
+        .select("dir", "schema", "exact", "idx")
+        .join(templates.select("idx", "key"), on="idx")
+        .join(canonical_templates, on="key")
+        .select("dir", "schema", "exact", "idx", key="t")
+        .unique(subset=["dir", "schema", "exact"], keep="first")
+    )
+    if len(free) == len(dirs):
+        return plain
+    rows = rows.filter(~pl.col("dir").is_in(free))
     e = pl.element()
     shape = (
         pl.when(e.str.contains(r'^"value":"[0-9]+(?:\.[0-9]+)?"$'))
@@ -223,25 +321,20 @@ def _meter_values_keys(rows: pl.LazyFrame, meter_templates: pl.DataFrame) -> pl.
         .otherwise(e.hash())
     )
     keys = (
-        templates.select("idx", "key", lits=pl.col("literals").list.eval(shape).hash())
+        templates.select("idx", "key", lits=pl.concat_list(*[f"_lit_{k}" for k in _CUTS]).list.eval(shape).hash())
         .join(canonical_templates, on="key")
         .select("idx", key=pl.struct("t", "lits").hash())
     )
-    return (
+    return pl.concat([
+        plain,
         rows.select("dir", "schema", "exact", "idx")
         .join(keys, on="idx")
-        .unique(subset=["dir", "schema", "exact"], keep="first")
-    )
+        .unique(subset=["dir", "schema", "exact"], keep="first"),
+    ])
 
 
-def violations(
-    messages: pl.LazyFrame, evidence_cap: int = 20, meter_templates: pl.DataFrame | None = None
-) -> pl.LazyFrame:
-    """schema-violation findings for CALL and CALLRESULT payloads (see the module docstring).
-
-    ``meter_templates`` (from :func:`.derived.derive`) lets MeterValues payloads be classed without a pass
-    over their text.
-    """
+def _rows(messages: pl.LazyFrame) -> pl.LazyFrame:
+    """CALL and CALLRESULT rows with a schema to check: ``kind``, ``dir``, ``schema``, ``exact`` (payload hash)."""
     kind = pl.when(pl.col("message_type") == "CALL").then(pl.lit("request")).otherwise(pl.lit("response"))
     d = pl.col("ocpp_version").replace_strict(VERSION_DIRS, default=None)
     suffix = (
@@ -252,7 +345,7 @@ def violations(
         .otherwise(pl.lit("Request"))
     )
     known = sorted({f"{dd}/{n}" for dd, n in _schema_files()})
-    rows = (
+    return (
         messages.filter(
             pl.col("message_type").is_in(["CALL", "CALLRESULT"]),
             pl.col("action").is_not_null(),
@@ -264,20 +357,51 @@ def violations(
         .filter(pl.concat_str("dir", pl.lit("/"), "schema").is_in(known))
         .with_columns(exact=pl.col("payload").hash())
     )
-    # exact duplicates first (Heartbeat {} is one validation for a million rows), then classes
-    templated = None
+
+
+def _classes(rows: pl.LazyFrame) -> pl.LazyFrame:
+    """Exact duplicates first (Heartbeat {} is one validation for a million rows), then each distinct payload's
+    class: ``dir``, ``schema``, ``exact``, ``idx`` (a representative), ``key``."""
+    return (
+        rows.group_by("dir", "schema", "exact")
+        .agg(pl.col("idx").first(), payload=pl.col("payload").first())
+        .select("dir", "schema", "exact", "idx", key=class_key(pl.col("payload")))
+    )
+
+
+def untemplated_classes(messages: pl.LazyFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(the checked rows without their payload, the classes of every checked payload but the MeterValues
+    requests), for :func:`violations`, which classes those through the templates of :func:`.derived.derive`
+    (``meter_templates`` holds every MeterValues CALL). It needs no derived table, so it can be computed while
+    they are built."""
+    rows = _rows(messages).cache()
+    checked, classes = pl.collect_all([
+        rows.drop("payload"),
+        _classes(rows.filter(~((pl.col("kind") == "request") & (pl.col("action") == "MeterValues")))),
+    ])  # fmt: skip
+    return checked, classes
+
+
+def violations(
+    messages: pl.LazyFrame, evidence_cap: int = 20, meter_templates: pl.DataFrame | None = None,
+    prepared: tuple[pl.DataFrame, pl.DataFrame] | None = None,
+) -> pl.LazyFrame:
+    """schema-violation findings for CALL and CALLRESULT payloads (see the module docstring).
+
+    ``meter_templates`` (from :func:`.derived.derive`) lets MeterValues payloads be classed without a pass
+    over their text; ``prepared``: :func:`untemplated_classes`, computed already (only with the templates).
+    """
+    rows = _rows(messages) if prepared is None else prepared[0].lazy()
     if meter_templates is not None:
         templated = _meter_values_keys(rows.filter(pl.col("action") == "MeterValues"), meter_templates)
-        rows_left = rows.join(meter_templates.lazy().select("idx"), on="idx", how="anti")
-    else:
-        rows_left = rows
-    distinct = (
-        rows_left.group_by("dir", "schema", "exact")
-        .agg(pl.col("idx").first(), payload=pl.col("payload").first())
-        .select("dir", "schema", "exact", "idx", key=canonical(pl.col("payload")).hash())
-    )
-    if templated is not None:
+        if prepared is None:
+            rows_left = rows.join(meter_templates.lazy().select("idx"), on="idx", how="anti")
+            distinct = _classes(rows_left)
+        else:
+            distinct = prepared[1].lazy()
         distinct = pl.concat([distinct, templated], how="vertical_relaxed")
+    else:
+        distinct = _classes(rows)
     distinct = distinct.cache()  # read three times below: hash and canonicalise each distinct payload once
     # Payloads are fetched back by idx only for what is validated: one representative per class, and the
     # members of the classes that must be split.

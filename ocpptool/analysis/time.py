@@ -13,6 +13,7 @@ from __future__ import annotations
 import polars as pl
 
 from ..protocol.actions import CP_INITIATED
+from .derived import with_event_fields
 from .registry import AnalysisContext, detector
 
 EVIDENCE_CAP = 20  # idx kept in a grouped finding's evidence; the summary gives the full count
@@ -78,11 +79,13 @@ def _stamped(ctx: AnalysisContext) -> pl.LazyFrame:
 def _stamped_plan(ctx: AnalysisContext) -> pl.LazyFrame:
     p = pl.col("payload")
     text = p.str.extract(_TS_TEXT, 1)
+    # the payload itself stays behind: the frame is sorted, and only the 2.x offline flag is read from it
     return ctx.messages.filter(
         from_charger(), pl.col("ts").is_not_null(), p.str.contains('"timestamp"', literal=True)
     ).select(
-        "idx", "ts", "conn", "charge_point_id", "action", "payload", text=text,
+        "idx", "ts", "conn", "charge_point_id", "action", text=text,
         offset_s=seconds(parse_ts(text) - pl.col("ts")),
+        offline=p.str.contains('"offline"', literal=True) & p.str.contains(r'"offline"\s*:\s*true'),
     )  # fmt: skip
 
 
@@ -94,8 +97,8 @@ def _offsets(ctx: AnalysisContext) -> pl.LazyFrame:
     Late reports (stored meter values, an old session's stop, 2.x ``offline`` events) that are *behind* the
     observed clock are left out: being late is their nature, not a wrong clock.
     """
-    late = (pl.col("action").is_in(LATE_REPORTS) & (pl.col("offset_s") < -ctx.options.clock_drift_s)) | (
-        pl.col("payload").str.contains(r'"offline"\s*:\s*true')
+    late = (pl.col("action").is_in(LATE_REPORTS) & (pl.col("offset_s") < -ctx.options.clock_drift_s)) | pl.col(
+        "offline"
     )
     return (
         _stamped(ctx)
@@ -329,10 +332,10 @@ def _starts_stops(ctx: AnalysisContext) -> tuple[pl.LazyFrame, pl.LazyFrame]:
         )
         .select(cols)
     )
-    events = calls.filter(pl.col("action") == "TransactionEvent").with_columns(
-        transaction_id=p.str.json_path_match("$.transactionInfo.transactionId"),
-        payload_ts=parse_ts(p.str.json_path_match("$.timestamp")),
-        event=p.str.json_path_match("$.eventType"),
+    events = with_event_fields(calls.filter(pl.col("action") == "TransactionEvent"), ctx.transaction_events, m).with_columns(
+        transaction_id="_te_tid",
+        payload_ts=parse_ts(pl.col("_te_ts")),
+        event="_te_event",
     )
     starts2 = (
         events.filter(pl.col("event") == "Started")

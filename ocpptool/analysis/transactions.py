@@ -10,7 +10,14 @@ from __future__ import annotations
 import polars as pl
 
 from ..tables.schemas import TS
-from .derived import ENERGY_REGISTER, _top_int, _top_scalar, covering_transaction, per_charge_point
+from .derived import (
+    ENERGY_REGISTER,
+    _top_int,
+    _top_scalar,
+    covering_transaction,
+    per_charge_point,
+    with_event_fields,
+)
 from .registry import AnalysisContext, detector
 
 REMOTE_START_WINDOW_S = 180.0  # an accepted remote start should lead to a transaction within this time
@@ -48,14 +55,14 @@ def is_sentinel(tid: pl.Expr) -> pl.Expr:
     return t.is_in(SENTINEL_IDS) | (t.cast(pl.Float64, strict=False) <= 0)
 
 
-def references(messages: pl.LazyFrame, meter_ids: pl.DataFrame | None = None) -> pl.LazyFrame:
+def references(messages: pl.LazyFrame, meter_ids: pl.DataFrame | None = None,
+               events: pl.DataFrame | None = None) -> pl.LazyFrame:
     """Messages that name a transaction id after its start: MeterValues, StopTransaction, TransactionEvent.
 
     ``event_type`` is only read for TransactionEvent (the only action that has one). :func:`registry.run`
     builds this once for all detectors (``ctx.references``); see :func:`_references`.
     """
     action = pl.col("action")
-    payload = pl.col("payload")
     calls = messages.filter(
         (pl.col("message_type") == "CALL")
         & action.is_in(["MeterValues", "StopTransaction", "TransactionEvent"])
@@ -76,10 +83,8 @@ def references(messages: pl.LazyFrame, meter_ids: pl.DataFrame | None = None) ->
     )
     if meter_ids is not None:
         tx16 = pl.concat([known, tx16], how="vertical_relaxed")
-    tx2x = calls.filter(action == "TransactionEvent").select(
-        *cols, transaction_id=payload.str.json_path_match("$.transactionInfo.transactionId"),
-        event_type=payload.str.json_path_match("$.eventType"),
-        connector_id=payload.str.json_path_match("$.evse.id").cast(pl.Int64, strict=False),
+    tx2x = with_event_fields(calls.filter(action == "TransactionEvent"), events, messages).select(
+        *cols, transaction_id="_te_tid", event_type="_te_event", connector_id=pl.col("_te_evse").cast(pl.Int64, strict=False),
     )
     return (
         pl.concat([tx16, tx2x], how="vertical_relaxed")
@@ -446,14 +451,13 @@ def event_after_end(ctx: AnalysisContext) -> pl.LazyFrame:
         *KEY, "connector_id", "stop_idx", "stop_observed", w_start=pl.coalesce("start_idx", pl.lit(-1, pl.Int64))
     )
     refs = _references(ctx).filter(pl.col("action").is_in(["MeterValues", "TransactionEvent"]))
-    # Each message belongs to the latest transaction with its id started before it.
+    # Each message belongs to the latest transaction with its id started before it (an as-of join: a join of
+    # every message with every ended transaction of its id, then the latest per message, cost 3x as much).
     late = (
-        refs.join(ended, on=KEY)
-        .filter(pl.col("w_start") < pl.col("idx"))
-        .sort("w_start")
-        .group_by("idx")
-        .agg(pl.all().last())
-        .filter(pl.col("stop_idx") < pl.col("idx"))
+        refs.sort("idx")
+        .join_asof(ended.sort("w_start"), left_on="idx", right_on="w_start", by=KEY, strategy="backward",
+                   allow_exact_matches=False, check_sortedness=False)
+        .filter(pl.col("w_start").is_not_null(), pl.col("stop_idx") < pl.col("idx"))
     )
     return (
         late.sort("idx")
@@ -600,15 +604,14 @@ def remote_start_without_transaction(ctx: AnalysisContext) -> pl.LazyFrame:
         .filter("_accepted")
         .select("idx", "ts", "charge_point_id", "conn", "action", "r_idx", r_ts=pl.coalesce("r_ts", "ts"))
     )
-    ev_trigger = pl.col("payload").str.json_path_match("$.triggerReason")
+    ev_trigger = pl.col("_te_trigger")
     begins = (
-        m.filter((pl.col("message_type") == "CALL") & pl.col("action").is_in(["StartTransaction", "TransactionEvent"]))
-        # a column, then a filter (two filters would be fused into one over every message): only these
-        # payloads are searched
+        with_event_fields(
+            m.filter((pl.col("message_type") == "CALL") & pl.col("action").is_in(["StartTransaction", "TransactionEvent"])),
+            ctx.transaction_events, m,
+        )
         .with_columns(
-            _begin=(pl.col("action") == "StartTransaction")
-            | (pl.col("payload").str.json_path_match("$.eventType") == "Started")
-            | (ev_trigger == "RemoteStart")
+            _begin=(pl.col("action") == "StartTransaction") | (pl.col("_te_event") == "Started") | (ev_trigger == "RemoteStart")
         )
         .filter("_begin")
         .select("charge_point_id", b_idx="idx", b_ts="ts")
@@ -656,11 +659,14 @@ def remote_start_without_transaction(ctx: AnalysisContext) -> pl.LazyFrame:
 @per_charge_point
 def seqno_gap(ctx: AnalysisContext) -> pl.LazyFrame:
     events = (
-        ctx.messages.filter((pl.col("message_type") == "CALL") & (pl.col("action") == "TransactionEvent"))
+        with_event_fields(
+            ctx.messages.filter((pl.col("message_type") == "CALL") & (pl.col("action") == "TransactionEvent")),
+            ctx.transaction_events, ctx.messages,
+        )
         .select(
             "idx", "ts", "charge_point_id", "conn",
-            transaction_id=pl.col("payload").str.json_path_match("$.transactionInfo.transactionId"),
-            seq=pl.col("payload").str.json_path_match("$.seqNo").cast(pl.Int64, strict=False),
+            transaction_id="_te_tid",
+            seq=pl.col("_te_seq").cast(pl.Int64, strict=False),
         )
         .filter(pl.col("transaction_id").is_not_null() & pl.col("seq").is_not_null())
         .sort("seq", "idx")
