@@ -690,11 +690,11 @@ def derive(messages: pl.LazyFrame, on_step: Callable[[str], None] | None = None,
     if events is None:
         events = transaction_event_fields(messages).collect
     sample_rows = _raw_samples(messages, kept, events).collect()
-    events = kept["events"]
+    te_fields: pl.DataFrame | None = kept["events"]
     samples = sample_rows.lazy()
     step("meter samples")
     tx = pl.concat(
-        [_transactions_16(messages, kept.get("meter_ids")), _transactions_2x(messages, samples, events)],
+        [_transactions_16(messages, kept.get("meter_ids")), _transactions_2x(messages, samples, te_fields)],
         how="diagonal_relaxed",
     )
     key = ["charge_point_id", "transaction_id"]
@@ -740,12 +740,12 @@ def derive(messages: pl.LazyFrame, on_step: Callable[[str], None] | None = None,
     if need.height:
         found = need.join(tx_connector.collect(), on=key, how="left")
         connector = connector.scatter(found["_pos"], found["t_connector"])
-    meter_values = sample_rows.with_columns(connector_id=connector)
-    if not meter_values["idx"].is_sorted():  # (the samples come in message order)
-        meter_values = meter_values.sort("idx", maintain_order=True)
-    meter_values = meter_values.lazy()
+    mv = sample_rows.with_columns(connector_id=connector)
+    if not mv["idx"].is_sorted():  # (the samples come in message order)
+        mv = mv.sort("idx", maintain_order=True)
+    meter_values = mv.lazy()
     return Derived(
         _conform(unkeyed(tx), TRANSACTIONS), _conform(unkeyed(meter_values), METER_VALUES),
         _conform(unkeyed(_statuses(messages)), STATUSES), kept.get("meter_templates"), kept.get("meter_ids"),
-        events,
+        te_fields,
     )

@@ -286,9 +286,9 @@ def run(tables: Tables, options: Options | None = None, *, only: list[str] | Non
         if pending is not None:
             found.update(zip(early, pending.result(), strict=True))
             timer.step("detectors on the second thread (waited for)")
-    found = [found[d] for d in chosen]
+    ordered = [found[d] for d in chosen]
     findings = (
-        pl.concat(found, how="vertical") if found else pl.DataFrame(schema=FINDINGS)
+        pl.concat(ordered, how="vertical") if ordered else pl.DataFrame(schema=FINDINGS)
     ).with_columns(_rank=pl.col("severity").replace_strict(SEVERITY_RANK, default=9))
     # Fully ordered (first evidence row, then the summary, break ties: one message can break a schema in
     # several ways), so the same input always gives the same report.

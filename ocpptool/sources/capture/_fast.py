@@ -18,7 +18,7 @@ tests compare the two on every capture they build.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import polars as pl
@@ -151,8 +151,8 @@ def fast_pass(eng: _Engine, ch: Chunk) -> tuple[list[int] | None, pl.DataFrame |
             continue
         f_conn[f] = c
         f_dir[f] = di
-        f_nxt[f] = conn.dirs[di].nxt
-        f_onxt[f] = conn.dirs[1 - di].nxt
+        f_nxt[f] = cast(int, conn.dirs[di].nxt)  # both directions are in the WebSocket state: known
+        f_onxt[f] = cast(int, conn.dirs[1 - di].nxt)
     if not conns:
         return None, None
     pc = f_conn[flow]

@@ -27,7 +27,7 @@ from __future__ import annotations
 import re
 import zlib
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import BinaryIO, cast
 
 import numpy as np
@@ -212,6 +212,8 @@ class _Engine:
         tags: list[int] | None = None
         if frame is not None or nfast:
             tags = [r[1] for r in rows[mark:]]
+        todo: Sequence[int]
+        sel: slice | np.ndarray
         if slow is None:
             todo = range(n)
             sel = slice(None)
