@@ -4,6 +4,7 @@
     uv run python bench/bench_capture.py --quick      # smoke check: 100k messages only
     uv run python bench/bench_capture.py --messages 300000 3000000 --no-tshark
     uv run python bench/bench_capture.py --traffic fleet  # realistic fleet traffic instead (see below)
+    uv run python bench/bench_capture.py --repeat 2       # every case twice, in rounds; the fastest counts
 
 Inputs go to ``bench/out/`` (git-ignored) and are reused when a file with the same parameters and generator
 exists (its ``.meta.json`` says so). Two kinds of traffic (``--traffic``):
@@ -391,8 +392,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--traffic", choices=("simple", "fleet"), default="simple",
                    help="simple: short MeterValues pairs (default); fleet: bench/gen_fleet.py's realistic fleet")
     p.add_argument("--no-tshark", action="store_true", help="skip the tshark runs (and its output check)")
+    p.add_argument("--repeat", type=int, default=1, metavar="K",
+                   help="run every case K times and keep the fastest (the machine's noise is large; default 1)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     args = p.parse_args(argv)
+    if args.repeat < 1:
+        p.error("--repeat must be 1 or more")
     sizes = [100_000] if args.quick else sorted(set(args.messages))
     if any(n < 2 or n % 2 for n in sizes):
         p.error("--messages: each size must be an even number >= 2 (CALL + CALLRESULT pairs)")
@@ -411,12 +416,22 @@ def main(argv: list[str] | None = None) -> int:
         for prob in sample["problems"]:
             say(args, f"  tshark check: {prob}")
 
+    def best(runs: list[dict]) -> dict:
+        """The fastest of ``--repeat`` runs (a failed run is kept: it fails the case); every run's time is kept."""
+        failed = [r for r in runs if r["status"] != "ok"]
+        chosen = failed[0] if failed else min(runs, key=lambda r: r["seconds"])
+        chosen["all_seconds"] = [round(r["seconds"], 3) for r in runs]
+        chosen["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
+        return chosen
+
     results = []
     for path, meta in inputs:
-        results.append(run_decode(path, meta, args))
-        results.append(run_engine(path, meta, args))
-        if use_tshark:
-            results.append(run_tshark(path, meta, args))
+        cases = [run_decode, run_engine] + ([run_tshark] if use_tshark else [])
+        runs: list[list[dict]] = [[] for _ in cases]
+        for _ in range(args.repeat):  # rounds, so that a slow spell of the machine does not fall on one case
+            for i, run in enumerate(cases):
+                runs[i].append(run(path, meta, args))
+        results.extend(best(r) for r in runs)
     print_table(results)
     print()
 
