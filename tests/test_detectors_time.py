@@ -307,3 +307,19 @@ def test_the_fleet_demo_capture_yields_exactly_its_clock_anomaly():
     tables, _ = load([str(REPO / "captures" / "fleet-demo.jsonl")], progress=False)
     f = run(tables, only=["clock-drift", "clock-jump", "timestamp-in-future", "epoch-timestamp"]).findings
     assert f.select("code", "charge_point_id").rows() == [("clock-drift", "CP-002")]
+
+
+def test_durations_in_seconds_are_exact_whatever_the_chunking():
+    """A duration prints the same in every run: seconds() gives microseconds / 1e6 exactly, in a big frame
+    (where Polars multiplies by the reciprocal) as in a one-row one (where it divides)."""
+    import random
+
+    from ocpptool.analysis.time import seconds
+
+    rng = random.Random(5)
+    us = [rng.randint(-10**9, 10**12) for _ in range(20_000)]
+    frame = pl.DataFrame({"d": us}, schema={"d": pl.Int64}).select(pl.duration(microseconds=pl.col("d")).alias("d"))
+    big = frame.select(seconds(pl.col("d"))).to_series().to_list()
+    assert big == [u / 1e6 for u in us]
+    single = [frame.slice(i, 1).select(seconds(pl.col("d"))).item() for i in range(0, 20_000, 97)]
+    assert single == big[::97]

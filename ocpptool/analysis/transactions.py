@@ -19,6 +19,7 @@ from .derived import (
     with_event_fields,
 )
 from .registry import AnalysisContext, detector
+from .time import seconds
 
 REMOTE_START_WINDOW_S = 180.0  # an accepted remote start should lead to a transaction within this time
 EARLY_S = 300.0  # an unknown id first seen this soon after the capture starts probably started before it
@@ -46,7 +47,7 @@ def _t(expr: pl.Expr) -> pl.Expr:
 
 
 def _seconds(a: pl.Expr, b: pl.Expr) -> pl.Expr:
-    return (a - b).dt.total_microseconds() / 1e6
+    return seconds(a - b)  # deterministic to the last bit (see time.seconds)
 
 
 def is_sentinel(tid: pl.Expr) -> pl.Expr:

@@ -295,7 +295,9 @@ def _correlate(msgs: pl.DataFrame) -> pl.DataFrame:
         action=pl.when(has).then(pl.coalesce(pl.col("action"), call_action)).otherwise(pl.col("action")),
         direction=pl.when(resp_inferred).then(flipped).otherwise(pl.col("direction")),
         direction_inferred=pl.col("direction_inferred") | resp_inferred,
-        latency_ms=pl.when(has).then((pl.col("ts") - call_ts).dt.total_microseconds() / 1000.0),
+        # rounded to the microsecond: a division by a constant is otherwise off in the last bit depending on
+        # how the rows are chunked (see analysis.time.seconds)
+        latency_ms=pl.when(has).then(((pl.col("ts") - call_ts).dt.total_microseconds() / 1000.0).round(3)),
     )
 
 
