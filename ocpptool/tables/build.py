@@ -114,9 +114,6 @@ def _bodies_valid(bodies: pl.Series) -> pl.Series:
         )
 
 
-# The correlation group of a row: a 64-bit hash of (conn, message id), computed by the decoding workers so
-# that the single-threaded correlation step only sorts it (see _correlate).
-_GROUP_KEY = pl.struct("conn", "message_id").hash()
 _KEEP = ["_r", "ts", "ts_local", "ts_hint", "source", "source_pos", "conn", "charge_point_id", "direction",
          "direction_inferred", "subprotocol", "note"]  # fmt: skip
 _FRAME_COLS = ["message_type", "message_id", "action", "payload", "error_code", "error_description", "error_details"]
@@ -167,7 +164,7 @@ def decode_batch(raw: pl.DataFrame, log_tz: str | None = None) -> tuple[pl.DataF
     weird_schema = {c: df.schema[c] for c in _WEIRD_KEEP} | {"reason": pl.String, "detail": pl.String,
                                                               "excerpt": pl.String}
     if n_fast == df.height:  # the common case: every row a well-formed CALL/CALLRESULT
-        msgs = df.select(*_KEEP, *_FRAME_COLS[:4], *nulls, _k=_GROUP_KEY)
+        msgs = df.select(*_KEEP, *_FRAME_COLS[:4], *nulls)
         return msgs, pl.DataFrame(schema=weird_schema)
     rest = df.filter(~pl.col("_fast"))
     pre = rest.filter(pl.col("weird_reason").is_not_null())
@@ -180,7 +177,7 @@ def decode_batch(raw: pl.DataFrame, log_tz: str | None = None) -> tuple[pl.DataF
         at = slow_frames["_r"]
         msgs = msgs.with_columns(msgs[c].scatter(at, slow_frames[c]) for c in _FRAME_COLS)
         keep = keep.scatter(at, True)
-    msgs = msgs.filter(keep).with_columns(_k=_GROUP_KEY)
+    msgs = msgs.filter(keep)
     if pre.height == 0 and slow_weirds.height == 0:
         return msgs, pl.DataFrame(schema=weird_schema)
     pre_w = pre.select("_r", reason=pl.col("weird_reason"), detail=pl.col("weird_detail"),
@@ -215,7 +212,7 @@ def _order(msgs: pl.DataFrame, multi_source: bool) -> pl.DataFrame:
         .over("source")
     )
     return (
-        msgs.with_columns(_t=key, _s=src_rank).sort(["_t", "_s", "_seq"], nulls_last=False).drop("_t", "_s")
+        msgs.with_columns(_k=key, _s=src_rank).sort(["_k", "_s", "_seq"], nulls_last=False).drop("_k", "_s")
     )
 
 
@@ -230,8 +227,9 @@ def _correlate(msgs: pl.DataFrame) -> pl.DataFrame:
     # (a group of exactly one CALL and one response, directions known) is read off neighbouring rows.
     ev = (
         msgs.lazy()  # lazy, so that only these columns are filtered (not every column of the table)
-        .select("idx", "conn", "message_id", "direction", "message_type", "_k")
+        .select("idx", "conn", "message_id", "direction", "message_type")
         .filter(is_call | is_resp)
+        .with_columns(_k=pl.struct("conn", "message_id").hash())
         .sort("_k", maintain_order=True)
         .collect()
     )
@@ -432,7 +430,7 @@ def build_tables(
     msg_parts.clear()  # the parts live on only inside the concatenated frame
     if msgs is None or msgs.is_empty():
         base = {k: v for k, v in schemas.MESSAGES.items() if k != "idx"}
-        msgs = pl.DataFrame(schema={**base, "subprotocol": pl.String, "_seq": pl.Int64, "_k": pl.UInt64})
+        msgs = pl.DataFrame(schema={**base, "subprotocol": pl.String, "_seq": pl.Int64})
     msgs = _order(msgs, len(sources) > 1).drop("_seq")
     msgs = msgs.with_row_index("idx").with_columns(pl.col("idx").cast(pl.Int64))
     call_dir = pl.col("action").replace_strict(_CALL_DIRECTION, default=None)
