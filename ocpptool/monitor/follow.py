@@ -131,7 +131,8 @@ class Follower:
         kind, detail = self._sniffed
         first = self._lines
         self._lines += chunk.count(b"\n")
-        for item in _dispatch(self.path, Sniffed(kind, io.BytesIO(chunk), detail), self.path, CaptureOptions()):
+        source = Sniffed(kind, io.BytesIO(chunk), detail)
+        for item in _dispatch(self.path, source, self.path, CaptureOptions(), frames_as_text=True):
             if isinstance(item, ConnMeta | SourceNote):
                 continue
             df = item() if callable(item) else item

@@ -223,7 +223,11 @@ def read_one(
             raw.close()
 
 
-def _dispatch(path: str, sniffed: Sniffed, source: str, capture: CaptureOptions) -> Iterator[SourceItem]:
+def _dispatch(
+    path: str, sniffed: Sniffed, source: str, capture: CaptureOptions, *, frames_as_text: bool = False
+) -> Iterator[SourceItem]:
+    """``frames_as_text``: every row keeps its frame's text (the monitor's follower re-reads it); otherwise
+    the JSON-lines reader may hand over frames already split, without their text."""
     from . import jsonl
 
     if sniffed.kind == "pcap":
@@ -234,7 +238,7 @@ def _dispatch(path: str, sniffed: Sniffed, source: str, capture: CaptureOptions)
         yield from jsonl.read_trace(sniffed.stream, source, sniffed.on_bytes)
     elif sniffed.kind == "jsonl":
         assert sniffed.detail is not None
-        yield from jsonl.read_jsonl(sniffed.stream, source, sniffed.detail, sniffed.on_bytes)
+        yield from jsonl.read_jsonl(sniffed.stream, source, sniffed.detail, sniffed.on_bytes, split=not frames_as_text)
     else:
         from .textlogs import TEXT_FORMATS
 

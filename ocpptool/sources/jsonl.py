@@ -9,6 +9,10 @@ every good line around them is kept.
 from __future__ import annotations
 
 import io
+import mmap
+import os
+import stat
+import types
 from collections.abc import Callable, Iterator
 from functools import partial
 from typing import BinaryIO
@@ -18,6 +22,12 @@ import polars as pl
 
 from ..protocol.actions import normalise_direction
 from .base import conform
+
+_speedups: types.ModuleType | None
+try:  # the compiled line splitter (ocpptool/_speedups.c); optional
+    from .. import _speedups
+except ImportError:  # pragma: no cover - a build without a C compiler
+    _speedups = None
 
 CHUNK_BYTES = 16 << 20
 
@@ -162,6 +172,13 @@ def _read_chunk(
     return df.with_columns(_line=pl.Series(good_lines, dtype=pl.Int64)), bad
 
 
+def _in_line_order(parts: list[pl.DataFrame]) -> pl.DataFrame:
+    """Broken lines and good rows back in line order (weirds are reported in the order of the file)."""
+    if not parts:
+        return conform(pl.DataFrame())
+    return parts[0] if len(parts) == 1 else pl.concat(parts).sort("source_pos", maintain_order=True)
+
+
 def _bad_rows(bad: list[tuple[int, str, str]], source: str) -> pl.DataFrame:
     return conform(
         pl.DataFrame(
@@ -197,7 +214,7 @@ def _trace_chunk(chunk: bytes, first: int, source: str, n_lines: int | None = No
     parts = [_bad_rows(bad, source)] if bad else []
     if df.height:
         parts.append(_trace_rows(df, source))
-    return pl.concat(parts) if parts else conform(pl.DataFrame())
+    return _in_line_order(parts)
 
 
 def _trace_rows(df: pl.DataFrame, source: str) -> pl.DataFrame:
@@ -244,14 +261,135 @@ def _trace_rows(df: pl.DataFrame, source: str) -> pl.DataFrame:
 
 
 def read_jsonl(
-    stream: BinaryIO, source: str, fields: dict[str, str | None], on_bytes=None
+    stream: BinaryIO, source: str, fields: dict[str, str | None], on_bytes=None, *, split: bool = True
 ) -> Iterator[Callable[[], pl.DataFrame]]:
-    """Generic JSON lines with the keys found by :func:`jsonl_fields` (thunks, as :func:`read_trace`)."""
-    for first, chunk, n in _chunks(stream, on_bytes):
-        yield partial(_jsonl_chunk, chunk, first, source, fields, n)
+    """Generic JSON lines with the keys found by :func:`jsonl_fields` (thunks, as :func:`read_trace`).
+
+    With ``split`` (and the compiled splitter built), rows come with their frame already split and without
+    its text; otherwise every row has the frame's text."""
+    compiled = split and _speedups is not None and not os.environ.get("OCPPTOOL_PURE")
+    mapped = _mapped(stream) if compiled else None
+    if mapped is None:
+        chunk_fn = _jsonl_chunk if compiled else _jsonl_chunk_polars
+        for first, chunk, n in _chunks(stream, on_bytes):
+            yield partial(chunk_fn, chunk, first, source, fields, n)
+        return
+    for first, start, end in _mapped_chunks(mapped, on_bytes):
+        yield partial(_jsonl_mapped_chunk, mapped, start, end, first, source, fields)
+
+
+def _jsonl_mapped_chunk(
+    mm: mmap.mmap, start: int, end: int, first: int, source: str, fields: dict[str, str | None]
+) -> pl.DataFrame:
+    """One chunk of a mapped file; its pages are let go of afterwards (they stay in the page cache), so
+    memory follows the output, not the input."""
+    out = _jsonl_chunk_compiled(memoryview(mm)[start:end], first, source, fields)
+    lo, hi = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE, end // mmap.PAGESIZE * mmap.PAGESIZE
+    if hi > lo and hasattr(mmap, "MADV_DONTNEED"):
+        mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+    return out
+
+
+def _mapped(stream: BinaryIO) -> mmap.mmap | None:
+    """The whole file mapped into memory, when the stream is a plain non-empty file at its start: chunks
+    are then views of the page cache, with no copy and few page faults."""
+    try:
+        if stream.tell() != 0 or not stat.S_ISREG(os.fstat(stream.fileno()).st_mode):
+            return None
+        return mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError, io.UnsupportedOperation):
+        return None
+
+
+def _mapped_chunks(mm: mmap.mmap, on_bytes: Callable[[int], None] | None) -> Iterator[tuple[int, int, int]]:
+    """(first line number, start, end) of chunks of whole lines, as :func:`_chunks` but without reading."""
+    assert _speedups is not None
+    size, pos, line_no = len(mm), 0, 1
+    while pos < size:
+        end = min(pos + CHUNK_BYTES, size)
+        if end < size:
+            cut = mm.rfind(b"\n", pos, end)
+            if cut < 0:  # one line longer than a chunk
+                cut = mm.find(b"\n", end)
+            end = size if cut < 0 else cut + 1
+        if on_bytes:
+            on_bytes(end - pos)
+        yield line_no, pos, end
+        with memoryview(mm) as view:
+            line_no += _speedups.count_lines(view[pos:end])
+        pos = end
 
 
 def _jsonl_chunk(
+    chunk: bytes, first: int, source: str, fields: dict[str, str | None], n_lines: int | None = None
+) -> pl.DataFrame:
+    if _speedups is not None:
+        return _jsonl_chunk_compiled(chunk, first, source, fields)
+    return _jsonl_chunk_polars(chunk, first, source, fields, n_lines)
+
+
+class _ArrowColumn:
+    """Hands a column from the compiled splitter to Polars (Arrow PyCapsule interface)."""
+
+    __slots__ = ("capsules",)
+
+    def __init__(self, capsules: tuple[object, object]) -> None:
+        self.capsules = capsules
+
+    def __arrow_c_array__(self, requested_schema: object = None) -> tuple[object, object]:
+        return self.capsules
+
+
+#: message type ids of the frames the compiled splitter accepts
+_SPLIT_TYPES = {2: "CALL", 3: "CALLRESULT", 4: "CALLERROR", 5: "CALLRESULTERROR", 6: "SEND"}
+_ROLES = ("ts", "cp", "direction", "message", "subprotocol", "conn")
+
+
+def _jsonl_chunk_compiled(
+    chunk: bytes | memoryview, first: int, source: str, fields: dict[str, str | None]
+) -> pl.DataFrame:
+    """The compiled splitter reads every line it fully understands into columns, frame already split and
+    payload validated (``_pre`` rows, see :func:`ocpptool.tables.build.decode_batch`); the lines it leaves
+    (broken lines, other frame layouts, escapes in keys ...) go through the Polars reader below, which is
+    the reference. Both kinds of row come back in line order."""
+    assert _speedups is not None
+    keys = tuple(k.encode() if (k := fields.get(r)) else None for r in _ROLES)
+    cols, slow, _ = _speedups.split_jsonl(chunk, keys, first)
+    df = pl.DataFrame([pl.Series(_ArrowColumn(c)).alias(name) for name, c in cols.items()])
+    fast = df.select(
+        ts=pl.col("ts").cast(pl.Datetime("us", "UTC")),
+        ts_text=pl.col("ts_text"),
+        source=pl.lit(source),
+        source_pos=pl.col("line"),
+        conn=pl.coalesce(pl.col("conn"), pl.col("charge_point_id")),
+        charge_point_id=pl.col("charge_point_id"),
+        direction=_map_unique(df, "direction", _direction),
+        subprotocol=_map_unique(df, "subprotocol", _subprotocol),
+        message_type=pl.col("message_type").replace_strict(_SPLIT_TYPES, return_dtype=pl.String),
+        message_id=pl.col("message_id"),
+        action=pl.col("action"),
+        payload=pl.col("payload"),
+        error_code=pl.col("error_code"),
+        error_description=pl.col("error_description"),
+        # the splitter takes error frames only with empty details (other details are re-serialised)
+        error_details=pl.when(pl.col("error_code").is_not_null()).then(pl.lit("{}")),
+    )
+    fast = conform(fast).hstack([fast[c] for c in PRESPLIT]).with_columns(_pre=pl.lit(True))
+    if not slow:
+        return fast
+    numbers = pl.Series([s[0] for s in slow], dtype=pl.Int64)
+    lines = b"\n".join(chunk[s[1] : s[2]] for s in slow) + b"\n"
+    rest = _jsonl_chunk_polars(lines, 0, source, fields, len(slow))
+    rest = rest.with_columns(source_pos=numbers.gather(rest["source_pos"]))
+    return pl.concat([fast, rest], how="diagonal").sort("source_pos").with_columns(pl.col("_pre").fill_null(False))
+
+
+#: the columns of an already split frame in a RawBatch from the compiled splitter
+PRESPLIT = ["message_type", "message_id", "action", "payload", "error_code", "error_description",
+            "error_details"]
+
+
+def _jsonl_chunk_polars(
     chunk: bytes, first: int, source: str, fields: dict[str, str | None], n_lines: int | None = None
 ) -> pl.DataFrame:
     schema = {k: pl.String for k in fields.values() if k}
@@ -259,7 +397,7 @@ def _jsonl_chunk(
     parts = [_bad_rows(bad, source)] if bad else []
     if df.height:
         parts.append(_jsonl_rows(df, source, fields))
-    return pl.concat(parts) if parts else conform(pl.DataFrame())
+    return _in_line_order(parts)
 
 
 def _map_unique(df: pl.DataFrame, key: str | None, fn: Callable[[str], str | None]) -> pl.Expr:

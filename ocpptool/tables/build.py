@@ -125,8 +125,37 @@ def decode_batch(raw: pl.DataFrame, log_tz: str | None = None) -> tuple[pl.DataF
 
     Written to touch the string columns as few times as possible: one lazy pass splits every envelope,
     one vectorised JSON check validates the payloads, and only rows that fail either go through Python.
+    Rows a source already split and validated (``_pre``, from the compiled JSON-lines splitter) skip both.
     """
     raw = parse_ts(raw, log_tz)
+    if "_pre" in raw.columns:
+        return _decode_presplit(raw)
+    return _decode_text(raw)
+
+
+def _decode_presplit(raw: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """A batch whose ``_pre`` rows carry their frame already split; the others are decoded from text and
+    both are put back in source order."""
+    pre = raw["_pre"]
+    done = raw if pre.all() else raw.filter(pre)
+    msgs = (
+        done.with_row_index("_r")
+        .with_columns(
+            pl.col("_r").cast(pl.Int64),
+            conn=pl.coalesce(pl.col("conn"), pl.col("charge_point_id"), pl.col("source")),
+        )
+        .select(*_KEEP, *_FRAME_COLS)
+    )
+    if done.height == raw.height:
+        weird_schema = {"_r": pl.Int64()} | {c: raw.schema[c] for c in _WEIRD_KEEP[1:]}
+        return msgs, pl.DataFrame(schema=weird_schema | {"reason": pl.String, "detail": pl.String,
+                                                          "excerpt": pl.String})
+    rest_msgs, weirds = _decode_text(raw.filter(~pre).drop("_pre", *_FRAME_COLS))
+    merged = pl.concat([msgs, rest_msgs], how="vertical_relaxed").sort("source_pos", maintain_order=True)
+    return merged.with_columns(_r=pl.int_range(merged.height, dtype=pl.Int64)), weirds
+
+
+def _decode_text(raw: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     h = pl.col("_h")
     hlen = h.struct.field("1").str.len_chars()
     t = pl.col("_t")
@@ -459,7 +488,12 @@ def build_tables(
 
 def _notes(messages: pl.DataFrame) -> list[str]:
     notes = []
-    hints = messages.filter(pl.col("ts").is_null()).group_by("ts_hint").len().sort("len", descending=True)
+    hints = (
+        messages.filter(pl.col("ts").is_null())
+        .group_by("ts_hint")
+        .len()
+        .sort(["len", "ts_hint"], descending=[True, False], nulls_last=True)  # the same order every run
+    )
     for hint, n in hints.iter_rows():
         notes.append(f"{n:,} messages have no observed time: {hint or 'unknown'}")
     return notes

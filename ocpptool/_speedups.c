@@ -1,0 +1,1022 @@
+/*
+ * ocpptool._speedups: the JSON-lines reader's inner loop in C (optional; ocpptool works without it).
+ *
+ * split_jsonl(chunk, keys, first_line) reads a chunk of whole lines, each a JSON object, and splits every
+ * line it fully understands into columns, without the GIL:
+ *
+ *   - the line is validated as JSON (RFC 8259, strict UTF-8) and the wanted keys' string values are
+ *     unescaped;
+ *   - the frame (the message key's string) is split in its usual layout, [2,"id","Action",{...}],
+ *     [3,"id",{...}] or [6,"id","Action",{...}], and its payload validated as exactly one JSON object;
+ *   - the observed time is read when it is strict ISO 8601 with a zone (else handed over as text).
+ *
+ * Any line it is not sure about (a broken line, escapes in a key, a non-string value, another frame
+ * layout, numbers that overflow a double, lone surrogates, deep nesting ...) is returned as "slow": the
+ * caller reads those lines with the general (Polars and Python) path, which is the reference. So this code
+ * only has to be right when it accepts a line, never complete.
+ *
+ * Columns come back through the Arrow C data interface (PyCapsules "arrow_schema"/"arrow_array"), which
+ * Polars imports without copying the strings.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
+
+/* ------------------------------------------------------------------ Arrow C data interface (spec'd ABI) */
+
+#define ARROW_FLAG_NULLABLE 2
+
+struct ArrowSchema {
+    const char *format;
+    const char *name;
+    const char *metadata;
+    int64_t flags;
+    int64_t n_children;
+    struct ArrowSchema **children;
+    struct ArrowSchema *dictionary;
+    void (*release)(struct ArrowSchema *);
+    void *private_data;
+};
+
+struct ArrowArray {
+    int64_t length;
+    int64_t null_count;
+    int64_t offset;
+    int64_t n_buffers;
+    int64_t n_children;
+    const void **buffers;
+    struct ArrowArray **children;
+    struct ArrowArray *dictionary;
+    void (*release)(struct ArrowArray *);
+    void *private_data;
+};
+
+/* ------------------------------------------------------------------------------------ growable columns */
+
+enum { K_UTF8, K_I64, K_I8 };
+
+typedef struct {
+    int kind;
+    int64_t n, cap;  /* rows */
+    int64_t *offs;   /* utf8: n + 1 offsets */
+    char *data;      /* utf8 bytes */
+    int64_t dlen, dcap;
+    int64_t *i64;
+    int8_t *i8;
+    uint8_t *valid;  /* validity bitmap, LSB first */
+    int64_t nulls;
+} Col;
+
+static int col_init(Col *c, int kind, int64_t rows, int64_t bytes) {
+    memset(c, 0, sizeof(*c));
+    c->kind = kind;
+    c->cap = rows < 16 ? 16 : rows;
+    c->valid = calloc((size_t)(c->cap / 8 + 1), 1);
+    if (!c->valid) return 0;
+    if (kind == K_UTF8) {
+        c->offs = malloc(sizeof(int64_t) * (size_t)(c->cap + 1));
+        c->dcap = bytes < 64 ? 64 : bytes;
+        c->data = malloc((size_t)c->dcap);
+        if (!c->offs || !c->data) return 0;
+        c->offs[0] = 0;
+    } else if (kind == K_I64) {
+        c->i64 = malloc(sizeof(int64_t) * (size_t)c->cap);
+        if (!c->i64) return 0;
+    } else {
+        c->i8 = malloc((size_t)c->cap);
+        if (!c->i8) return 0;
+    }
+    return 1;
+}
+
+static void col_free(Col *c) {
+    free(c->offs);
+    free(c->data);
+    free(c->i64);
+    free(c->i8);
+    free(c->valid);
+    memset(c, 0, sizeof(*c));
+}
+
+/* Room for one more row. */
+static int col_row(Col *c) {
+    if (c->n < c->cap) return 1;
+    int64_t cap = c->cap * 2;
+    uint8_t *v = realloc(c->valid, (size_t)(cap / 8 + 1));
+    if (!v) return 0;
+    memset(v + c->cap / 8 + 1, 0, (size_t)(cap / 8 - c->cap / 8));
+    c->valid = v;
+    if (c->kind == K_UTF8) {
+        int64_t *o = realloc(c->offs, sizeof(int64_t) * (size_t)(cap + 1));
+        if (!o) return 0;
+        c->offs = o;
+    } else if (c->kind == K_I64) {
+        int64_t *o = realloc(c->i64, sizeof(int64_t) * (size_t)cap);
+        if (!o) return 0;
+        c->i64 = o;
+    } else {
+        int8_t *o = realloc(c->i8, (size_t)cap);
+        if (!o) return 0;
+        c->i8 = o;
+    }
+    c->cap = cap;
+    return 1;
+}
+
+static int col_reserve(Col *c, int64_t more) {
+    if (c->dlen + more <= c->dcap) return 1;
+    int64_t cap = c->dcap * 2;
+    while (cap < c->dlen + more) cap *= 2;
+    char *d = realloc(c->data, (size_t)cap);
+    if (!d) return 0;
+    c->data = d;
+    c->dcap = cap;
+    return 1;
+}
+
+static inline void set_valid(Col *c) { c->valid[c->n >> 3] |= (uint8_t)(1u << (c->n & 7)); }
+
+static int col_null(Col *c) {
+    if (!col_row(c)) return 0;
+    if (c->kind == K_UTF8) c->offs[c->n + 1] = c->dlen;
+    else if (c->kind == K_I64) c->i64[c->n] = 0;
+    else c->i8[c->n] = 0;
+    c->nulls++;
+    c->n++;
+    return 1;
+}
+
+static int col_str(Col *c, const char *s, int64_t len) {
+    if (!col_row(c) || !col_reserve(c, len)) return 0;
+    memcpy(c->data + c->dlen, s, (size_t)len);
+    c->dlen += len;
+    set_valid(c);
+    c->offs[c->n + 1] = c->dlen;
+    c->n++;
+    return 1;
+}
+
+static int col_i64(Col *c, int64_t v) {
+    if (!col_row(c)) return 0;
+    c->i64[c->n] = v;
+    set_valid(c);
+    c->n++;
+    return 1;
+}
+
+static int col_i8(Col *c, int8_t v) {
+    if (!col_row(c)) return 0;
+    c->i8[c->n] = v;
+    set_valid(c);
+    c->n++;
+    return 1;
+}
+
+/* ----------------------------------------------------------------------------------- JSON validation */
+
+typedef const unsigned char *cp_t;
+
+/* 0: plain string byte; 1: '"'; 2: '\\'; 3: control (invalid in a string); 4: non-ASCII */
+static unsigned char STR_CLASS[256];
+static signed char HEX[256];
+
+static void init_tables(void) {
+    for (int i = 0; i < 256; i++) {
+        STR_CLASS[i] = i < 0x20 ? 3 : i >= 0x80 ? 4 : 0;
+        HEX[i] = -1;
+    }
+    STR_CLASS['"'] = 1;
+    STR_CLASS['\\'] = 2;
+    for (int i = 0; i < 10; i++) HEX['0' + i] = (signed char)i;
+    for (int i = 0; i < 6; i++) {
+        HEX['a' + i] = (signed char)(10 + i);
+        HEX['A' + i] = (signed char)(10 + i);
+    }
+}
+
+static inline cp_t skip_ws(cp_t p, cp_t e) {
+    while (p < e && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')) p++;
+    return p;
+}
+
+static inline cp_t skip_sp(cp_t p, cp_t e) {
+    while (p < e && *p == ' ') p++;
+    return p;
+}
+
+static inline int hex4(cp_t p, unsigned *out) {
+    int a = HEX[p[0]], b = HEX[p[1]], c = HEX[p[2]], d = HEX[p[3]];
+    if ((a | b | c | d) < 0) return 0;
+    *out = (unsigned)((a << 12) | (b << 8) | (c << 4) | d);
+    return 1;
+}
+
+/* Length of one valid UTF-8 sequence at p (no overlongs, no surrogates, <= U+10FFFF), 0 if invalid. */
+static inline int utf8_len(cp_t p, cp_t e) {
+    unsigned c = p[0];
+    ptrdiff_t left = e - p;
+    if (c >= 0xC2 && c <= 0xDF) return (left >= 2 && (p[1] & 0xC0) == 0x80) ? 2 : 0;
+    if (c >= 0xE0 && c <= 0xEF) {
+        if (left < 3 || (p[1] & 0xC0) != 0x80 || (p[2] & 0xC0) != 0x80) return 0;
+        if (c == 0xE0 && p[1] < 0xA0) return 0;
+        if (c == 0xED && p[1] >= 0xA0) return 0;
+        return 3;
+    }
+    if (c >= 0xF0 && c <= 0xF4) {
+        if (left < 4 || (p[1] & 0xC0) != 0x80 || (p[2] & 0xC0) != 0x80 || (p[3] & 0xC0) != 0x80) return 0;
+        if (c == 0xF0 && p[1] < 0x90) return 0;
+        if (c == 0xF4 && p[1] >= 0x90) return 0;
+        return 4;
+    }
+    return 0;
+}
+
+/* The first byte at or after p that is not a plain string byte ('"', '\\', a control or a non-ASCII byte). */
+static inline cp_t plain_run(cp_t p, cp_t e) {
+#ifdef __SSE2__
+    const __m128i quote = _mm_set1_epi8('"'), bslash = _mm_set1_epi8('\\'), space = _mm_set1_epi8(0x20);
+    while (e - p >= 16) {
+        __m128i v = _mm_loadu_si128((const __m128i *)p);
+        /* signed compare: bytes >= 0x80 are negative, so "< 0x20" catches them too */
+        __m128i hit = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, bslash)),
+                                   _mm_cmplt_epi8(v, space));
+        int mask = _mm_movemask_epi8(hit);
+        if (mask) return p + __builtin_ctz((unsigned)mask);
+        p += 16;
+    }
+#endif
+    while (p < e && STR_CLASS[*p] == 0) p++;
+    return p;
+}
+
+/* p at the opening quote. Returns the byte after the closing quote, or NULL (invalid or unsupported:
+ * lone surrogates). *esc is set when the string holds escapes. */
+static cp_t skip_string(cp_t p, cp_t e, int *esc) {
+    p++;
+    for (;;) {
+        p = plain_run(p, e);
+        if (p >= e) return NULL;
+        switch (STR_CLASS[*p]) {
+        case 1:
+            return p + 1;
+        case 2: {
+            *esc = 1;
+            if (e - p < 2) return NULL;
+            unsigned char c = p[1];
+            if (c == 'u') {
+                unsigned u, v;
+                if (e - p < 6 || !hex4(p + 2, &u)) return NULL;
+                if (u >= 0xD800 && u <= 0xDBFF) {
+                    if (e - p < 12 || p[6] != '\\' || p[7] != 'u' || !hex4(p + 8, &v) || v < 0xDC00 || v > 0xDFFF)
+                        return NULL;
+                    p += 12;
+                } else if (u >= 0xDC00 && u <= 0xDFFF) {
+                    return NULL;
+                } else {
+                    p += 6;
+                }
+            } else if (c == '"' || c == '\\' || c == '/' || c == 'b' || c == 'f' || c == 'n' || c == 'r' || c == 't') {
+                p += 2;
+            } else {
+                return NULL;
+            }
+            break;
+        }
+        case 3:
+            return NULL;
+        default: {
+            int n = utf8_len(p, e);
+            if (!n) return NULL;
+            p += n;
+        }
+        }
+    }
+}
+
+/* Validate and unescape one JSON string in a single pass: p after the opening quote; the text goes to out
+ * (room for e - p + 16 bytes: whole 16-byte blocks are stored before they are looked at). Returns the byte
+ * after the closing quote and the length written, or NULL where skip_string would. */
+static cp_t copy_string(cp_t p, cp_t e, char *out, int64_t *n) {
+    char *o = out;
+    for (;;) {
+#ifdef __SSE2__
+        const __m128i quote = _mm_set1_epi8('"'), bslash = _mm_set1_epi8('\\'), space = _mm_set1_epi8(0x20);
+        for (;;) {
+            if (e - p < 16) {
+                while (p < e && STR_CLASS[*p] == 0) *o++ = (char)*p++;
+                break;
+            }
+            __m128i v = _mm_loadu_si128((const __m128i *)p);
+            _mm_storeu_si128((__m128i *)o, v);
+            __m128i hit = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, bslash)),
+                                       _mm_cmplt_epi8(v, space));
+            int mask = _mm_movemask_epi8(hit);
+            if (mask) {
+                int k = __builtin_ctz((unsigned)mask);
+                p += k;
+                o += k;
+                break;
+            }
+            p += 16;
+            o += 16;
+        }
+#else
+        while (p < e && STR_CLASS[*p] == 0) *o++ = (char)*p++;
+#endif
+        if (p >= e) return NULL;
+        switch (STR_CLASS[*p]) {
+        case 1:
+            *n = o - out;
+            return p + 1;
+        case 2: {
+            if (e - p < 2) return NULL;
+            unsigned char c = p[1];
+            switch (c) {
+            case '"': case '\\': case '/': *o++ = (char)c; p += 2; break;
+            case 'b': *o++ = '\b'; p += 2; break;
+            case 'f': *o++ = '\f'; p += 2; break;
+            case 'n': *o++ = '\n'; p += 2; break;
+            case 'r': *o++ = '\r'; p += 2; break;
+            case 't': *o++ = '\t'; p += 2; break;
+            case 'u': {
+                unsigned u, v;
+                if (e - p < 6 || !hex4(p + 2, &u)) return NULL;
+                if (u >= 0xD800 && u <= 0xDBFF) {
+                    if (e - p < 12 || p[6] != '\\' || p[7] != 'u' || !hex4(p + 8, &v) || v < 0xDC00 || v > 0xDFFF)
+                        return NULL;
+                    u = 0x10000 + ((u - 0xD800) << 10) + (v - 0xDC00);
+                    p += 12;
+                } else if (u >= 0xDC00 && u <= 0xDFFF) {
+                    return NULL;
+                } else {
+                    p += 6;
+                }
+                if (u < 0x80) {
+                    *o++ = (char)u;
+                } else if (u < 0x800) {
+                    *o++ = (char)(0xC0 | (u >> 6));
+                    *o++ = (char)(0x80 | (u & 0x3F));
+                } else if (u < 0x10000) {
+                    *o++ = (char)(0xE0 | (u >> 12));
+                    *o++ = (char)(0x80 | ((u >> 6) & 0x3F));
+                    *o++ = (char)(0x80 | (u & 0x3F));
+                } else {
+                    *o++ = (char)(0xF0 | (u >> 18));
+                    *o++ = (char)(0x80 | ((u >> 12) & 0x3F));
+                    *o++ = (char)(0x80 | ((u >> 6) & 0x3F));
+                    *o++ = (char)(0x80 | (u & 0x3F));
+                }
+                break;
+            }
+            default:
+                return NULL;
+            }
+            break;
+        }
+        case 3:
+            return NULL;
+        default: {
+            int k = utf8_len(p, e);
+            if (!k) return NULL;
+            memcpy(o, p, (size_t)k);
+            o += k;
+            p += k;
+        }
+        }
+    }
+}
+
+static inline int is_digit(unsigned char c) { return c >= '0' && c <= '9'; }
+
+/* A JSON number. Numbers that could overflow a double (or need more care than that) are refused: the
+ * reference decoder rejects an infinite value, and the slow path will say so. */
+static cp_t skip_number(cp_t p, cp_t e) {
+    cp_t start = p;
+    if (p < e && *p == '-') p++;
+    if (p >= e) return NULL;
+    cp_t int_start = p;
+    if (*p == '0') {
+        p++;
+    } else if (*p >= '1' && *p <= '9') {
+        while (p < e && is_digit(*p)) p++;
+    } else {
+        return NULL;
+    }
+    int64_t int_digits = p - int_start;
+    if (p < e && *p == '.') {
+        p++;
+        if (p >= e || !is_digit(*p)) return NULL;
+        while (p < e && is_digit(*p)) p++;
+    }
+    if (p < e && (*p == 'e' || *p == 'E')) {
+        p++;
+        if (p < e && (*p == '+' || *p == '-')) p++;
+        if (p >= e || !is_digit(*p)) return NULL;
+        int64_t x = 0;
+        while (p < e && is_digit(*p)) {
+            if (x < 100000) x = x * 10 + (*p - '0');
+            p++;
+        }
+        if (x + int_digits > 290) return NULL;
+    }
+    if (int_digits > 290 || p - start > 400) return NULL;
+    return p;
+}
+
+#define MAX_DEPTH 64
+
+static cp_t skip_value(cp_t p, cp_t e, int depth) {
+    if (p >= e) return NULL;
+    int esc = 0;
+    switch (*p) {
+    case '"':
+        return skip_string(p, e, &esc);
+    case '{':
+        if (depth >= MAX_DEPTH) return NULL;
+        p = skip_ws(p + 1, e);
+        if (p < e && *p == '}') return p + 1;
+        for (;;) {
+            if (p >= e || *p != '"') return NULL;
+            p = skip_string(p, e, &esc);
+            if (!p) return NULL;
+            p = skip_ws(p, e);
+            if (p >= e || *p != ':') return NULL;
+            p = skip_value(skip_ws(p + 1, e), e, depth + 1);
+            if (!p) return NULL;
+            p = skip_ws(p, e);
+            if (p >= e) return NULL;
+            if (*p == '}') return p + 1;
+            if (*p != ',') return NULL;
+            p = skip_ws(p + 1, e);
+        }
+    case '[':
+        if (depth >= MAX_DEPTH) return NULL;
+        p = skip_ws(p + 1, e);
+        if (p < e && *p == ']') return p + 1;
+        for (;;) {
+            p = skip_value(p, e, depth + 1);
+            if (!p) return NULL;
+            p = skip_ws(p, e);
+            if (p >= e) return NULL;
+            if (*p == ']') return p + 1;
+            if (*p != ',') return NULL;
+            p = skip_ws(p + 1, e);
+        }
+    case 't':
+        return (e - p >= 4 && memcmp(p, "true", 4) == 0) ? p + 4 : NULL;
+    case 'f':
+        return (e - p >= 5 && memcmp(p, "false", 5) == 0) ? p + 5 : NULL;
+    case 'n':
+        return (e - p >= 4 && memcmp(p, "null", 4) == 0) ? p + 4 : NULL;
+    default:
+        return skip_number(p, e);
+    }
+}
+
+/* Unescape the body of a validated JSON string (between the quotes) into out; returns bytes written. */
+static int64_t unescape(cp_t p, cp_t e, char *out) {
+    char *o = out;
+    while (p < e) {
+        cp_t q = memchr(p, '\\', (size_t)(e - p));
+        if (!q) q = e;
+        memcpy(o, p, (size_t)(q - p));
+        o += q - p;
+        if (q >= e) break;
+        unsigned char c = q[1];
+        p = q + 2;
+        switch (c) {
+        case 'b': *o++ = '\b'; break;
+        case 'f': *o++ = '\f'; break;
+        case 'n': *o++ = '\n'; break;
+        case 'r': *o++ = '\r'; break;
+        case 't': *o++ = '\t'; break;
+        case 'u': {
+            unsigned u = 0, v = 0xDC00;
+            hex4(p, &u);
+            p += 4;
+            if (u >= 0xD800 && u <= 0xDBFF) { /* validated: a low surrogate follows */
+                hex4(p + 2, &v);
+                p += 6;
+                u = 0x10000 + ((u - 0xD800) << 10) + (v - 0xDC00);
+            }
+            if (u < 0x80) {
+                *o++ = (char)u;
+            } else if (u < 0x800) {
+                *o++ = (char)(0xC0 | (u >> 6));
+                *o++ = (char)(0x80 | (u & 0x3F));
+            } else if (u < 0x10000) {
+                *o++ = (char)(0xE0 | (u >> 12));
+                *o++ = (char)(0x80 | ((u >> 6) & 0x3F));
+                *o++ = (char)(0x80 | (u & 0x3F));
+            } else {
+                *o++ = (char)(0xF0 | (u >> 18));
+                *o++ = (char)(0x80 | ((u >> 12) & 0x3F));
+                *o++ = (char)(0x80 | ((u >> 6) & 0x3F));
+                *o++ = (char)(0x80 | (u & 0x3F));
+            }
+            break;
+        }
+        default: *o++ = (char)c; break; /* " \ / */
+        }
+    }
+    return o - out;
+}
+
+/* ------------------------------------------------------------------------------------------- times */
+
+static int digits(cp_t p, int n, int *out) {
+    int v = 0;
+    for (int i = 0; i < n; i++) {
+        if (!is_digit(p[i])) return 0;
+        v = v * 10 + (p[i] - '0');
+    }
+    *out = v;
+    return 1;
+}
+
+static int64_t days_from_civil(int64_t y, int m, int d) {
+    y -= m <= 2;
+    int64_t era = (y >= 0 ? y : y - 399) / 400;
+    int64_t yoe = y - era * 400;
+    int64_t doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1;
+    int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    return era * 146097 + doe - 719468;
+}
+
+/* "YYYY-MM-DDTHH:MM:SS[.f{1,6}](Z|+HH:MM|-HH:MM)" to microseconds since the epoch (UTC); 0 if not so. */
+static int iso_us(cp_t p, int64_t len, int64_t *out) {
+    cp_t e = p + len;
+    int y, mo, d, h, mi, s;
+    if (len < 20 || p[4] != '-' || p[7] != '-' || p[10] != 'T' || p[13] != ':' || p[16] != ':') return 0;
+    if (!digits(p, 4, &y) || !digits(p + 5, 2, &mo) || !digits(p + 8, 2, &d) || !digits(p + 11, 2, &h) ||
+        !digits(p + 14, 2, &mi) || !digits(p + 17, 2, &s))
+        return 0;
+    static const int mdays[] = {31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    if (y < 1900 || mo < 1 || mo > 12 || d < 1 || d > mdays[mo - 1] || h > 23 || mi > 59 || s > 59) return 0;
+    if (mo == 2 && d == 29 && !((y % 4 == 0 && y % 100 != 0) || y % 400 == 0)) return 0;
+    cp_t q = p + 19;
+    int64_t frac = 0;
+    if (q < e && *q == '.') {
+        q++;
+        int n = 0;
+        while (q < e && is_digit(*q)) {
+            if (n == 6) return 0; /* finer than microseconds: leave it to the general parser */
+            frac = frac * 10 + (*q - '0');
+            n++;
+            q++;
+        }
+        if (n == 0) return 0;
+        for (; n < 6; n++) frac *= 10;
+    }
+    int64_t off = 0;
+    if (q < e && *q == 'Z') {
+        q++;
+    } else if (q < e && (*q == '+' || *q == '-')) {
+        int oh, om;
+        if (e - q < 6 || q[3] != ':' || !digits(q + 1, 2, &oh) || !digits(q + 4, 2, &om) || oh > 23 || om > 59)
+            return 0;
+        off = (int64_t)(oh * 60 + om) * 60;
+        if (*q == '-') off = -off;
+        q += 6;
+    } else {
+        return 0;
+    }
+    if (q != e) return 0;
+    int64_t secs = days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + s - off;
+    *out = secs * 1000000 + frac;
+    return 1;
+}
+
+/* ------------------------------------------------------------------------------------------- lines */
+
+enum { KEY_TS, KEY_CP, KEY_DIR, KEY_MSG, KEY_SUB, KEY_CONN, N_KEYS };
+enum { C_LINE, C_TS, C_TS_TEXT, C_CP, C_DIR, C_SUB, C_CONN, C_MTYPE, C_MID, C_ACTION, C_PAYLOAD, C_ECODE, C_EDESC,
+       N_COLS };
+
+static const char *COL_NAMES[N_COLS] = {"line", "ts", "ts_text", "charge_point_id", "direction", "subprotocol",
+                                        "conn", "message_type", "message_id", "action", "payload", "error_code",
+                                        "error_description"};
+
+typedef struct {
+    cp_t s;
+    int64_t len;
+    int esc, present, null;
+} Span;
+
+typedef struct {
+    const char *key[N_KEYS];
+    Py_ssize_t klen[N_KEYS];
+    Col cols[N_COLS];
+    char *scratch;
+    int64_t scap;
+    /* slow lines: (line number, start, end) */
+    int64_t *slow;
+    int64_t nslow, slowcap;
+    int oom;
+} Ctx;
+
+static int add_slow(Ctx *x, int64_t line, int64_t start, int64_t end) {
+    if (x->nslow == x->slowcap) {
+        int64_t cap = x->slowcap ? x->slowcap * 2 : 64;
+        int64_t *s = realloc(x->slow, sizeof(int64_t) * 3 * (size_t)cap);
+        if (!s) return 0;
+        x->slow = s;
+        x->slowcap = cap;
+    }
+    x->slow[3 * x->nslow] = line;
+    x->slow[3 * x->nslow + 1] = start;
+    x->slow[3 * x->nslow + 2] = end;
+    x->nslow++;
+    return 1;
+}
+
+/* The value of a wanted key into a string column (null when absent or JSON null). */
+static int put_span(Col *c, const Span *v) {
+    if (!v->present || v->null) return col_null(c);
+    if (!v->esc) return col_str(c, (const char *)v->s, v->len);
+    if (!col_row(c) || !col_reserve(c, v->len)) return 0;
+    c->dlen += unescape(v->s, v->s + v->len, c->data + c->dlen);
+    set_valid(c);
+    c->offs[c->n + 1] = c->dlen;
+    c->n++;
+    return 1;
+}
+
+/* A quoted id or action inside the frame: no escapes, no control characters (else the slow path). */
+static cp_t frame_token(cp_t p, cp_t e, cp_t *s, int64_t *len) {
+    if (p >= e || *p != '"') return NULL;
+    cp_t q = ++p;
+    while (q < e && *q != '"') {
+        if (*q == '\\' || *q < 0x20) return NULL;
+        q++;
+    }
+    if (q >= e) return NULL;
+    *s = p;
+    *len = q - p;
+    return q + 1;
+}
+
+/* 1: the line went into the columns; 0: slow; -1: out of memory. */
+static int one_line(Ctx *x, cp_t ls, cp_t le, int64_t line_no) {
+    Span v[N_KEYS];
+    memset(v, 0, sizeof(v));
+    cp_t p = skip_ws(ls, le);
+    if (p >= le || *p != '{') return 0;
+    p = skip_ws(p + 1, le);
+    if (p >= le || *p != '"') return 0;
+    for (;;) {
+        if (p >= le || *p != '"') return 0;
+        int esc = 0;
+        cp_t ks = p + 1;
+        cp_t q = skip_string(p, le, &esc);
+        if (!q || esc) return 0;
+        Py_ssize_t kl = (Py_ssize_t)(q - 1 - ks);
+        int k = -1;
+        for (int i = 0; i < N_KEYS; i++) {
+            if (x->key[i] && x->klen[i] == kl && memcmp(x->key[i], ks, (size_t)kl) == 0) {
+                k = i;
+                break;
+            }
+        }
+        p = skip_ws(q, le);
+        if (p >= le || *p != ':') return 0;
+        p = skip_ws(p + 1, le);
+        if (p >= le) return 0;
+        if (k >= 0) {
+            if (v[k].present) return 0; /* a key given twice: which one wins is the reference's call */
+            v[k].present = 1;
+            if (*p == '"' && k == KEY_MSG) { /* the frame: validated and unescaped in one pass */
+                if (x->scap < le - p + 16) {
+                    int64_t cap = (le - p) * 2 + 256;
+                    char *sc = realloc(x->scratch, (size_t)cap);
+                    if (!sc) return -1;
+                    x->scratch = sc;
+                    x->scap = cap;
+                }
+                int64_t n;
+                q = copy_string(p + 1, le, x->scratch, &n);
+                if (!q) return 0;
+                v[k].s = (cp_t)x->scratch;
+                v[k].len = n;
+                p = q;
+            } else if (*p == '"') {
+                int e2 = 0;
+                q = skip_string(p, le, &e2);
+                if (!q) return 0;
+                v[k].s = p + 1;
+                v[k].len = q - 1 - (p + 1);
+                v[k].esc = e2;
+                p = q;
+            } else if (le - p >= 4 && memcmp(p, "null", 4) == 0) {
+                v[k].null = 1;
+                p += 4;
+            } else {
+                return 0; /* a number, object ... where text was expected */
+            }
+        } else {
+            p = skip_value(p, le, 1);
+            if (!p) return 0;
+        }
+        p = skip_ws(p, le);
+        if (p >= le) return 0;
+        if (*p == '}') {
+            p++;
+            break;
+        }
+        if (*p != ',') return 0;
+        p = skip_ws(p + 1, le);
+    }
+    if (skip_ws(p, le) != le) return 0;
+
+    /* the frame */
+    Span *m = &v[KEY_MSG];
+    if (!m->present || m->null) return 0;
+    cp_t f = m->s, fe = m->s + m->len; /* unescaped already */
+    if (f >= fe || *f != '[') return 0;
+    f = skip_sp(f + 1, fe);
+    if (f >= fe) return 0;
+    int mtype = *f - '0';
+    if (mtype < 2 || mtype > 6) return 0;
+    f = skip_sp(f + 1, fe);
+    if (f >= fe || *f != ',') return 0;
+    cp_t id_s, act_s = NULL, code_s = NULL, desc_s = NULL, ps = NULL, pe = NULL;
+    int64_t id_len, act_len = 0, code_len = 0, desc_len = 0;
+    f = frame_token(skip_sp(f + 1, fe), fe, &id_s, &id_len);
+    if (!f) return 0;
+    f = skip_sp(f, fe);
+    if (f >= fe || *f != ',') return 0;
+    f = skip_sp(f + 1, fe);
+    if (mtype == 4 || mtype == 5) {
+        /* [4,"id","code","description",{}]: details other than {} are re-serialised by the reference
+         * decoder, so they take the slow path */
+        f = frame_token(f, fe, &code_s, &code_len);
+        if (!f) return 0;
+        f = skip_sp(f, fe);
+        if (f >= fe || *f != ',') return 0;
+        f = frame_token(skip_sp(f + 1, fe), fe, &desc_s, &desc_len);
+        if (!f) return 0;
+        f = skip_sp(f, fe);
+        if (f >= fe || *f != ',') return 0;
+        f = skip_sp(f + 1, fe);
+        if (f >= fe || *f != '{') return 0;
+        f = skip_sp(f + 1, fe);
+        if (f >= fe || *f != '}') return 0;
+        f++;
+    } else {
+        if (mtype != 3) {
+            f = frame_token(f, fe, &act_s, &act_len);
+            if (!f) return 0;
+            f = skip_sp(f, fe);
+            if (f >= fe || *f != ',') return 0;
+            f = skip_sp(f + 1, fe);
+        }
+        if (f >= fe || *f != '{') return 0;
+        ps = f;
+        f = skip_value(f, fe, 1);
+        if (!f) return 0;
+        pe = f;
+    }
+    f = skip_sp(f, fe);
+    if (f >= fe || *f != ']' || f + 1 != fe) return 0;
+
+    /* accepted: every column gets its row */
+    Col *c = x->cols;
+    int64_t us;
+    int ok = col_i64(&c[C_LINE], line_no);
+    Span *t = &v[KEY_TS];
+    if (t->present && !t->null && !t->esc && iso_us(t->s, t->len, &us)) {
+        ok = ok && col_i64(&c[C_TS], us) && col_null(&c[C_TS_TEXT]);
+    } else {
+        ok = ok && col_null(&c[C_TS]) && put_span(&c[C_TS_TEXT], t);
+    }
+    ok = ok && put_span(&c[C_CP], &v[KEY_CP]) && put_span(&c[C_DIR], &v[KEY_DIR]) &&
+         put_span(&c[C_SUB], &v[KEY_SUB]) && put_span(&c[C_CONN], &v[KEY_CONN]) &&
+         col_i8(&c[C_MTYPE], (int8_t)mtype) && col_str(&c[C_MID], (const char *)id_s, id_len) &&
+         (act_s ? col_str(&c[C_ACTION], (const char *)act_s, act_len) : col_null(&c[C_ACTION])) &&
+         (ps ? col_str(&c[C_PAYLOAD], (const char *)ps, pe - ps) : col_null(&c[C_PAYLOAD])) &&
+         (code_s ? col_str(&c[C_ECODE], (const char *)code_s, code_len) : col_null(&c[C_ECODE])) &&
+         (desc_s ? col_str(&c[C_EDESC], (const char *)desc_s, desc_len) : col_null(&c[C_EDESC]));
+    return ok ? 1 : -1;
+}
+
+static void run(Ctx *x, cp_t buf, int64_t n, int64_t first_line, int64_t *lines_seen) {
+    cp_t p = buf, e = buf + n;
+    int64_t line = first_line;
+    while (p < e) {
+        cp_t nl = memchr(p, '\n', (size_t)(e - p));
+        cp_t le = nl ? nl : e;
+        cp_t s = skip_ws(p, le);
+        if (s < le) { /* blank lines give no row, as in the general reader */
+            int r = one_line(x, p, le, line);
+            if (r < 0 || (r == 0 && !add_slow(x, line, p - buf, le - buf))) {
+                x->oom = 1;
+                return;
+            }
+        }
+        line++;
+        if (!nl) break;
+        p = nl + 1;
+    }
+    *lines_seen = line - first_line;
+}
+
+/* --------------------------------------------------------------------------------- export to Python */
+
+typedef struct {
+    void *bufs[3];
+    const void *ptrs[3];
+} ArrPriv;
+
+static void release_array(struct ArrowArray *a) {
+    ArrPriv *pv = a->private_data;
+    for (int i = 0; i < 3; i++) free(pv->bufs[i]);
+    free(pv);
+    a->release = NULL;
+}
+
+static void release_schema(struct ArrowSchema *s) { s->release = NULL; }
+
+static void schema_capsule_free(PyObject *cap) {
+    struct ArrowSchema *s = PyCapsule_GetPointer(cap, "arrow_schema");
+    if (s) {
+        if (s->release) s->release(s);
+        free(s);
+    }
+}
+
+static void array_capsule_free(PyObject *cap) {
+    struct ArrowArray *a = PyCapsule_GetPointer(cap, "arrow_array");
+    if (a) {
+        if (a->release) a->release(a);
+        free(a);
+    }
+}
+
+/* Hands the column's buffers over to an Arrow array in a pair of capsules; the column is left empty. */
+static PyObject *export_col(Col *c, const char *name) {
+    struct ArrowSchema *s = calloc(1, sizeof(*s));
+    struct ArrowArray *a = calloc(1, sizeof(*a));
+    ArrPriv *pv = calloc(1, sizeof(*pv));
+    if (!s || !a || !pv) {
+        free(s);
+        free(a);
+        free(pv);
+        return PyErr_NoMemory();
+    }
+    s->format = c->kind == K_UTF8 ? "U" : c->kind == K_I64 ? "l" : "c";
+    s->name = name;
+    s->flags = ARROW_FLAG_NULLABLE;
+    s->release = release_schema;
+    a->length = c->n;
+    a->null_count = c->nulls;
+    if (c->nulls) {
+        pv->bufs[0] = c->valid;
+    } else {
+        free(c->valid);
+    }
+    pv->ptrs[0] = c->nulls ? c->valid : NULL;
+    if (c->kind == K_UTF8) {
+        pv->bufs[1] = c->offs;
+        pv->bufs[2] = c->data;
+        pv->ptrs[1] = c->offs;
+        pv->ptrs[2] = c->data;
+        a->n_buffers = 3;
+    } else {
+        void *vals = c->kind == K_I64 ? (void *)c->i64 : (void *)c->i8;
+        pv->bufs[1] = vals;
+        pv->ptrs[1] = vals;
+        a->n_buffers = 2;
+    }
+    a->buffers = pv->ptrs;
+    a->private_data = pv;
+    a->release = release_array;
+    memset(c, 0, sizeof(*c)); /* the buffers belong to the array now */
+    PyObject *sc = PyCapsule_New(s, "arrow_schema", schema_capsule_free);
+    if (!sc) {
+        a->release(a);
+        free(a);
+        free(s);
+        return NULL;
+    }
+    PyObject *ac = PyCapsule_New(a, "arrow_array", array_capsule_free);
+    if (!ac) {
+        Py_DECREF(sc);
+        a->release(a);
+        free(a);
+        return NULL;
+    }
+    PyObject *pair = PyTuple_Pack(2, sc, ac);
+    Py_DECREF(sc);
+    Py_DECREF(ac);
+    return pair;
+}
+
+static PyObject *split_jsonl(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer buf;
+    PyObject *keys;
+    long long first_line;
+    if (!PyArg_ParseTuple(args, "y*O!L", &buf, &PyTuple_Type, &keys, &first_line)) return NULL;
+    if (PyTuple_GET_SIZE(keys) != N_KEYS) {
+        PyBuffer_Release(&buf);
+        PyErr_SetString(PyExc_ValueError, "keys: a tuple of 6 (ts, cp, direction, message, subprotocol, conn)");
+        return NULL;
+    }
+    Ctx x;
+    memset(&x, 0, sizeof(x));
+    for (int i = 0; i < N_KEYS; i++) {
+        PyObject *k = PyTuple_GET_ITEM(keys, i);
+        if (k == Py_None) continue;
+        if (!PyBytes_Check(k)) {
+            PyBuffer_Release(&buf);
+            PyErr_SetString(PyExc_TypeError, "keys: bytes or None");
+            return NULL;
+        }
+        x.key[i] = PyBytes_AS_STRING(k);
+        x.klen[i] = PyBytes_GET_SIZE(k);
+    }
+    int64_t n = buf.len;
+    int64_t rows = n / 256 + 16;
+    int ok = 1;
+    for (int i = 0; i < N_COLS && ok; i++) {
+        int kind = i == C_LINE || i == C_TS ? K_I64 : i == C_MTYPE ? K_I8 : K_UTF8;
+        int64_t bytes = i == C_PAYLOAD ? n / 2 : i == C_MID ? rows * 40 : rows * 16;
+        ok = col_init(&x.cols[i], kind, rows, bytes);
+    }
+    int64_t lines_seen = 0;
+    if (ok) {
+        Py_BEGIN_ALLOW_THREADS
+        run(&x, (cp_t)buf.buf, n, (int64_t)first_line, &lines_seen);
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&buf);
+    free(x.scratch);
+    PyObject *out = NULL, *cols = NULL, *slow = NULL;
+    if (!ok || x.oom) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    cols = PyDict_New();
+    if (!cols) goto done;
+    for (int i = 0; i < N_COLS; i++) {
+        PyObject *pair = export_col(&x.cols[i], COL_NAMES[i]);
+        if (!pair || PyDict_SetItemString(cols, COL_NAMES[i], pair) < 0) {
+            Py_XDECREF(pair);
+            goto done;
+        }
+        Py_DECREF(pair);
+    }
+    slow = PyList_New(x.nslow);
+    if (!slow) goto done;
+    for (int64_t i = 0; i < x.nslow; i++) {
+        PyObject *t = Py_BuildValue("(LLL)", (long long)x.slow[3 * i], (long long)x.slow[3 * i + 1],
+                                    (long long)x.slow[3 * i + 2]);
+        if (!t) goto done;
+        PyList_SET_ITEM(slow, i, t);
+    }
+    out = Py_BuildValue("(OOL)", cols, slow, (long long)lines_seen);
+done:
+    Py_XDECREF(cols);
+    Py_XDECREF(slow);
+    for (int i = 0; i < N_COLS; i++) col_free(&x.cols[i]);
+    free(x.slow);
+    return out;
+}
+
+static PyObject *count_lines(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer buf;
+    if (!PyArg_ParseTuple(args, "y*", &buf)) return NULL;
+    int64_t n = 0;
+    Py_BEGIN_ALLOW_THREADS
+    const char *p = buf.buf, *e = p + buf.len;
+    while (p < e && (p = memchr(p, '\n', (size_t)(e - p))) != NULL) {
+        n++;
+        p++;
+    }
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&buf);
+    return PyLong_FromLongLong((long long)n);
+}
+
+static PyMethodDef METHODS[] = {
+    {"count_lines", count_lines, METH_VARARGS, "count_lines(buffer) -> number of newline bytes"},
+    {"split_jsonl", split_jsonl, METH_VARARGS,
+     "split_jsonl(chunk, keys, first_line) -> (columns, slow_lines, lines)\n\n"
+     "Split a chunk of JSON lines into Arrow columns (as capsule pairs); lines it does not fully understand\n"
+     "are returned as (line number, start, end) for the general reader."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef MODULE = {PyModuleDef_HEAD_INIT, "_speedups", NULL, -1, METHODS, NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit__speedups(void) {
+    init_tables();
+    return PyModule_Create(&MODULE);
+}
