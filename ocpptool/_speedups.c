@@ -612,6 +612,8 @@ typedef struct {
 typedef struct {
     const char *key[N_KEYS];
     Py_ssize_t klen[N_KEYS];
+    const char *path[N_KEYS]; /* a dotted key ("meta.ocpptool.conn"): the part after the first dot */
+    Py_ssize_t plen[N_KEYS];
     Col cols[N_COLS];
     char *scratch;
     int64_t scap;
@@ -662,10 +664,68 @@ static cp_t frame_token(cp_t p, cp_t e, cp_t *s, int64_t *len) {
     return q + 1;
 }
 
+/* The string (or null) at a dotted path inside the value at p, as JSONPath "$.a.b" reads it: the end of the
+ * value, with *out set when the path leads to a string or null (left unset when a key is missing); NULL
+ * (slow) for anything else: a non-object on the way, a number or container at the end, escaped or
+ * repeated keys. */
+static cp_t find_path(cp_t p, cp_t e, const char *path, Py_ssize_t plen, Span *out, int depth) {
+    if (p >= e) return NULL;
+    if (plen == 0) {
+        if (*p == '"') {
+            int esc = 0;
+            cp_t q = skip_string(p, e, &esc);
+            if (!q) return NULL;
+            out->s = p + 1;
+            out->len = q - 1 - (p + 1);
+            out->esc = esc;
+            out->present = 1;
+            return q;
+        }
+        if (e - p >= 4 && memcmp(p, "null", 4) == 0) {
+            out->present = out->null = 1;
+            return p + 4;
+        }
+        return NULL;
+    }
+    if (*p != '{' || depth >= MAX_DEPTH) return NULL;
+    const char *dot = memchr(path, '.', (size_t)plen);
+    Py_ssize_t seglen = dot ? dot - path : plen;
+    const char *next = dot ? dot + 1 : path + plen;
+    Py_ssize_t nlen = dot ? plen - seglen - 1 : 0;
+    int found = 0;
+    p = skip_ws(p + 1, e);
+    if (p < e && *p == '}') return p + 1;
+    for (;;) {
+        if (p >= e || *p != '"') return NULL;
+        int esc = 0;
+        cp_t ks = p + 1;
+        cp_t q = skip_string(p, e, &esc);
+        if (!q || esc) return NULL;
+        int match = (q - 1 - ks) == seglen && memcmp(ks, path, (size_t)seglen) == 0;
+        p = skip_ws(q, e);
+        if (p >= e || *p != ':') return NULL;
+        p = skip_ws(p + 1, e);
+        if (match) {
+            if (found) return NULL;
+            found = 1;
+            p = find_path(p, e, next, nlen, out, depth + 1);
+        } else {
+            p = skip_value(p, e, depth + 1);
+        }
+        if (!p) return NULL;
+        p = skip_ws(p, e);
+        if (p >= e) return NULL;
+        if (*p == '}') return p + 1;
+        if (*p != ',') return NULL;
+        p = skip_ws(p + 1, e);
+    }
+}
+
 /* 1: the line went into the columns; 0: slow; -1: out of memory. */
 static int one_line(Ctx *x, cp_t ls, cp_t le, int64_t line_no) {
     Span v[N_KEYS];
     memset(v, 0, sizeof(v));
+    int seen = 0;
     cp_t p = skip_ws(ls, le);
     if (p >= le || *p != '{') return 0;
     p = skip_ws(p + 1, le);
@@ -689,9 +749,12 @@ static int one_line(Ctx *x, cp_t ls, cp_t le, int64_t line_no) {
         p = skip_ws(p + 1, le);
         if (p >= le) return 0;
         if (k >= 0) {
-            if (v[k].present) return 0; /* a key given twice: which one wins is the reference's call */
-            v[k].present = 1;
-            if (*p == '"' && k == KEY_MSG) { /* the frame: validated and unescaped in one pass */
+            if (seen & (1 << k)) return 0; /* a key given twice: which one wins is the reference's call */
+            seen |= 1 << k;
+            if (x->path[k]) {
+                p = find_path(p, le, x->path[k], x->plen[k], &v[k], 1);
+                if (!p) return 0;
+            } else if (*p == '"' && k == KEY_MSG) { /* the frame: validated and unescaped in one pass */
                 if (x->scap < le - p + 16) {
                     int64_t cap = (le - p) * 2 + 256;
                     char *sc = realloc(x->scratch, (size_t)cap);
@@ -704,6 +767,7 @@ static int one_line(Ctx *x, cp_t ls, cp_t le, int64_t line_no) {
                 if (!q) return 0;
                 v[k].s = (cp_t)x->scratch;
                 v[k].len = n;
+                v[k].present = 1;
                 p = q;
             } else if (*p == '"') {
                 int e2 = 0;
@@ -712,9 +776,10 @@ static int one_line(Ctx *x, cp_t ls, cp_t le, int64_t line_no) {
                 v[k].s = p + 1;
                 v[k].len = q - 1 - (p + 1);
                 v[k].esc = e2;
+                v[k].present = 1;
                 p = q;
             } else if (le - p >= 4 && memcmp(p, "null", 4) == 0) {
-                v[k].null = 1;
+                v[k].present = v[k].null = 1;
                 p += 4;
             } else {
                 return 0; /* a number, object ... where text was expected */
@@ -940,6 +1005,12 @@ static PyObject *split_jsonl(PyObject *self, PyObject *args) {
         }
         x.key[i] = PyBytes_AS_STRING(k);
         x.klen[i] = PyBytes_GET_SIZE(k);
+        const char *dot = memchr(x.key[i], '.', (size_t)x.klen[i]);
+        if (dot) {
+            x.path[i] = dot + 1;
+            x.plen[i] = x.klen[i] - (dot + 1 - x.key[i]);
+            x.klen[i] = dot - x.key[i];
+        }
     }
     int64_t n = buf.len;
     int64_t rows = n / 256 + 16;

@@ -235,7 +235,7 @@ def _dispatch(
 
         yield from read_capture(path, sniffed.stream, source, capture, sniffed.on_bytes)
     elif sniffed.kind == "trace":
-        yield from jsonl.read_trace(sniffed.stream, source, sniffed.on_bytes)
+        yield from jsonl.read_trace(sniffed.stream, source, sniffed.on_bytes, split=not frames_as_text)
     elif sniffed.kind == "jsonl":
         assert sniffed.detail is not None
         yield from jsonl.read_jsonl(sniffed.stream, source, sniffed.detail, sniffed.on_bytes, split=not frames_as_text)

@@ -11,9 +11,11 @@ from __future__ import annotations
 import io
 import mmap
 import os
+import re
 import stat
 import types
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from functools import partial
 from typing import BinaryIO
 
@@ -140,7 +142,13 @@ def _read_chunk(
     except Exception:  # noqa: BLE001 - a broken line somewhere: find it line by line below
         df = None
     # The reader skips blank lines; only when every line gave a row do row numbers equal line numbers.
-    if df is not None and df.height == (chunk.count(b"\n") if n_lines is None else n_lines):
+    # It also takes a lone surrogate escape ("\ud800"), which the line-by-line check below refuses: such
+    # chunks are read line by line, so that a line is broken or not whatever else its chunk holds.
+    if (
+        df is not None
+        and df.height == (chunk.count(b"\n") if n_lines is None else n_lines)
+        and not _lone_surrogate_escape(chunk)
+    ):
         return df.with_row_index("_line", offset=first_line).with_columns(pl.col("_line").cast(pl.Int64)), []
     good: list[bytes] = []
     good_lines: list[int] = []
@@ -179,6 +187,17 @@ def _in_line_order(parts: list[pl.DataFrame]) -> pl.DataFrame:
     return parts[0] if len(parts) == 1 else pl.concat(parts).sort("source_pos", maintain_order=True)
 
 
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_SURROGATE_PAIR = re.compile(rb"\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}")
+
+
+def _lone_surrogate_escape(chunk: bytes) -> bool:
+    """Whether the chunk may hold a \\uD800-\\uDFFF escape that is not part of a pair (cheap when it has none)."""
+    if b"\\ud" not in chunk and b"\\uD" not in chunk:
+        return False
+    return _SURROGATE_ESCAPE.search(_SURROGATE_PAIR.sub(b"", chunk)) is not None
+
+
 def _bad_rows(bad: list[tuple[int, str, str]], source: str) -> pl.DataFrame:
     return conform(
         pl.DataFrame(
@@ -200,11 +219,17 @@ def _json_str(col: str) -> pl.Expr:
     return pl.concat_str([pl.lit('"'), escaped, pl.lit('"')])
 
 
-def read_trace(stream: BinaryIO, source: str, on_bytes=None) -> Iterator[Callable[[], pl.DataFrame]]:
+def read_trace(
+    stream: BinaryIO, source: str, on_bytes=None, *, split: bool = True
+) -> Iterator[Callable[[], pl.DataFrame]]:
     """Open OCPP Trace v1.x JSONL. The frame text is ``raw`` when present, otherwise rebuilt from fields.
 
-    Yields thunks (one per chunk) so that parsing runs on the decoder's worker threads.
+    Yields thunks (one per chunk) so that parsing runs on the decoder's worker threads. With ``split`` (and
+    the compiled splitter built), records with a ``raw`` frame are split in C, as in :func:`read_jsonl`.
     """
+    if split and _speedups is not None and not os.environ.get("OCPPTOOL_PURE"):
+        yield from _compiled_thunks(stream, on_bytes, partial(_compiled_chunk, source=source, layout=_TRACE))
+        return
     for first, chunk, n in _chunks(stream, on_bytes):
         yield partial(_trace_chunk, chunk, first, source, n)
 
@@ -267,23 +292,35 @@ def read_jsonl(
 
     With ``split`` (and the compiled splitter built), rows come with their frame already split and without
     its text; otherwise every row has the frame's text."""
-    compiled = split and _speedups is not None and not os.environ.get("OCPPTOOL_PURE")
-    mapped = _mapped(stream) if compiled else None
+    if split and _speedups is not None and not os.environ.get("OCPPTOOL_PURE"):
+        layout = _Layout(
+            fields, _subprotocol, lambda chunk, first, src, n: _jsonl_chunk_polars(chunk, first, src, fields, n)
+        )
+        yield from _compiled_thunks(stream, on_bytes, partial(_compiled_chunk, source=source, layout=layout))
+        return
+    for first, chunk, n in _chunks(stream, on_bytes):
+        yield partial(_jsonl_chunk_polars, chunk, first, source, fields, n)
+
+
+def _compiled_thunks(
+    stream: BinaryIO, on_bytes: Callable[[int], None] | None, split: Callable[..., pl.DataFrame]
+) -> Iterator[Callable[[], pl.DataFrame]]:
+    """Thunks that split chunks in C: views of the mapped file when it is a plain file, else read chunks."""
+    mapped = _mapped(stream)
     if mapped is None:
-        chunk_fn = _jsonl_chunk if compiled else _jsonl_chunk_polars
-        for first, chunk, n in _chunks(stream, on_bytes):
-            yield partial(chunk_fn, chunk, first, source, fields, n)
+        for first, chunk, _ in _chunks(stream, on_bytes):
+            yield partial(split, chunk, first)
         return
     for first, start, end in _mapped_chunks(mapped, on_bytes):
-        yield partial(_jsonl_mapped_chunk, mapped, start, end, first, source, fields)
+        yield partial(_mapped_chunk, mapped, start, end, first, split)
 
 
-def _jsonl_mapped_chunk(
-    mm: mmap.mmap, start: int, end: int, first: int, source: str, fields: dict[str, str | None]
+def _mapped_chunk(
+    mm: mmap.mmap, start: int, end: int, first: int, split: Callable[..., pl.DataFrame]
 ) -> pl.DataFrame:
     """One chunk of a mapped file; its pages are let go of afterwards (they stay in the page cache), so
     memory follows the output, not the input."""
-    out = _jsonl_chunk_compiled(memoryview(mm)[start:end], first, source, fields)
+    out = split(memoryview(mm)[start:end], first)
     lo, hi = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE, end // mmap.PAGESIZE * mmap.PAGESIZE
     if hi > lo and hasattr(mmap, "MADV_DONTNEED"):
         mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
@@ -320,14 +357,6 @@ def _mapped_chunks(mm: mmap.mmap, on_bytes: Callable[[int], None] | None) -> Ite
         pos = end
 
 
-def _jsonl_chunk(
-    chunk: bytes, first: int, source: str, fields: dict[str, str | None], n_lines: int | None = None
-) -> pl.DataFrame:
-    if _speedups is not None:
-        return _jsonl_chunk_compiled(chunk, first, source, fields)
-    return _jsonl_chunk_polars(chunk, first, source, fields, n_lines)
-
-
 class _ArrowColumn:
     """Hands a column from the compiled splitter to Polars (Arrow PyCapsule interface)."""
 
@@ -345,15 +374,31 @@ _SPLIT_TYPES = {2: "CALL", 3: "CALLRESULT", 4: "CALLERROR", 5: "CALLRESULTERROR"
 _ROLES = ("ts", "cp", "direction", "message", "subprotocol", "conn")
 
 
-def _jsonl_chunk_compiled(
-    chunk: bytes | memoryview, first: int, source: str, fields: dict[str, str | None]
-) -> pl.DataFrame:
+@dataclass(frozen=True)
+class _Layout:
+    """Where the compiled splitter finds a record's parts (keys by role; a dotted key reads inside an
+    object), how the subprotocol value reads, and the reader of the lines it leaves (the reference)."""
+
+    fields: dict[str, str | None]
+    subprotocol: Callable[[str], str | None]
+    slow_reader: Callable[..., pl.DataFrame]  # (chunk, first line, source, number of lines)
+
+
+_TRACE = _Layout(
+    {"ts": "timestamp", "cp": "chargePointId", "direction": "direction", "message": "raw",
+     "subprotocol": "ocppVersion", "conn": "meta.ocpptool.conn"},
+    lambda v: f"ocpp{v}",
+    lambda chunk, first, source, n: _trace_chunk(chunk, first, source, n),
+)  # fmt: skip
+
+
+def _compiled_chunk(chunk: bytes | memoryview, first: int, *, source: str, layout: _Layout) -> pl.DataFrame:
     """The compiled splitter reads every line it fully understands into columns, frame already split and
     payload validated (``_pre`` rows, see :func:`ocpptool.tables.build.decode_batch`); the lines it leaves
-    (broken lines, other frame layouts, escapes in keys ...) go through the Polars reader below, which is
-    the reference. Both kinds of row come back in line order."""
+    (broken lines, other frame layouts, escapes in keys ...) go through the layout's Polars reader, which
+    is the reference. Both kinds of row come back in line order."""
     assert _speedups is not None
-    keys = tuple(k.encode() if (k := fields.get(r)) else None for r in _ROLES)
+    keys = tuple(k.encode() if (k := layout.fields.get(r)) else None for r in _ROLES)
     cols, slow, _ = _speedups.split_jsonl(chunk, keys, first)
     df = pl.DataFrame([pl.Series(_ArrowColumn(c)).alias(name) for name, c in cols.items()])
     fast = df.select(
@@ -364,7 +409,7 @@ def _jsonl_chunk_compiled(
         conn=pl.coalesce(pl.col("conn"), pl.col("charge_point_id")),
         charge_point_id=pl.col("charge_point_id"),
         direction=_map_unique(df, "direction", _direction),
-        subprotocol=_map_unique(df, "subprotocol", _subprotocol),
+        subprotocol=_map_unique(df, "subprotocol", layout.subprotocol),
         message_type=pl.col("message_type").replace_strict(_SPLIT_TYPES, return_dtype=pl.String),
         message_id=pl.col("message_id"),
         action=pl.col("action"),
@@ -379,7 +424,7 @@ def _jsonl_chunk_compiled(
         return fast
     numbers = pl.Series([s[0] for s in slow], dtype=pl.Int64)
     lines = b"\n".join(chunk[s[1] : s[2]] for s in slow) + b"\n"
-    rest = _jsonl_chunk_polars(lines, 0, source, fields, len(slow))
+    rest = layout.slow_reader(lines, 0, source, len(slow))
     rest = rest.with_columns(source_pos=numbers.gather(rest["source_pos"]))
     return pl.concat([fast, rest], how="diagonal").sort("source_pos").with_columns(pl.col("_pre").fill_null(False))
 
