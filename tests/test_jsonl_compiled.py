@@ -296,3 +296,27 @@ def test_a_written_trace_reads_back_as_the_log_it_came_from(tmp_path, monkeypatc
             "error_code", "error_description", "call_index", "response_index"]
     assert_frame_equal(back.messages.select(cols), t.messages.select(cols))
 
+
+
+def test_trace_records_hold_awkward_values_exactly(tmp_path):
+    """Quotes, backslashes, control characters and non-ASCII text in ids, actions, charge points and error
+    texts are escaped in the written trace: every record parses and gives back the values and the frame."""
+    from ocpptool.tables.writers import trace_lines
+
+    lines = [
+        _line('[2,"a\\\\\\"b","Auth\u00e9",{"idTag":"x"}]', cp='CP "1"\\'),
+        _line('[3,"a\\\\\\"b",{"status":"Accepted"}]', cp='CP "1"\\', direction="csms->cp"),
+        _line('[2,"tab\\tid","DataTransfer",{"data":"\\u0001"}]', cp="CP-\u00e9"),
+        _line('[4,"tab\\tid","GenericError","say \\"no\\"\\n",{"why":"x"}]', cp="CP-\u00e9", direction="csms->cp"),
+    ]
+    path = tmp_path / "awkward.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    t, _ = load([str(path)], progress=False)
+    records = [orjson.loads(x) for x in trace_lines(t.messages).to_list()]
+    assert [r["messageId"] for r in records] == ['a\\"b', 'a\\"b', "tab\tid", "tab\tid"]
+    assert records[0]["chargePointId"] == 'CP "1"\\' and records[2]["chargePointId"] == "CP-\u00e9"
+    assert records[3]["error"] == {"code": "GenericError", "description": 'say "no"\n', "details": {"why": "x"}}
+    for rec, frame in zip(records, ['[2,"a\\\\\\"b","Auth\u00e9",{"idTag":"x"}]', '[3,"a\\\\\\"b",{"status":"Accepted"}]',
+                                    '[2,"tab\\tid","DataTransfer",{"data":"\\u0001"}]',
+                                    '[4,"tab\\tid","GenericError","say \\"no\\"\\n",{"why":"x"}]'], strict=True):
+        assert orjson.loads(rec["raw"]) == orjson.loads(frame)
