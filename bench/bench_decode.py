@@ -1,6 +1,7 @@
 """End-to-end decode benchmark: generate fleet logs, run the real CLI on each, measure time and peak memory.
 
-    uv run python bench/bench_decode.py              # full run: JSON lines 100k + 1M, mobilityhouse log 1M
+    uv run python bench/bench_decode.py              # full run: JSON lines 100k + 1M, mobilityhouse log 1M,
+                                                     # the 1M JSON lines written as an Open OCPP Trace
     uv run python bench/bench_decode.py --quick      # smoke check: 100k of each format
     uv run python bench/bench_decode.py --messages 2000000 --repeat 3
 
@@ -33,11 +34,13 @@ sys.path.insert(0, str(HERE))
 
 import gen_fleet  # noqa: E402
 
-EXT = {"jsonl": "jsonl", "mobilityhouse": "log"}
+EXT = {"jsonl": "jsonl", "mobilityhouse": "log", "trace": "trace.jsonl"}
 
 
 def input_file(fmt: str, messages: int, chargers: int, seed: int, quiet: bool) -> tuple[Path, dict]:
     """The generated input for these parameters, made now unless an identical one exists."""
+    if fmt == "trace":
+        return trace_file(messages, chargers, seed, quiet)
     path = OUT / f"fleet-{fmt}-{messages}-c{chargers}-s{seed}.{EXT[fmt]}"
     meta_path = Path(str(path) + ".meta.json")
     want = {"format": fmt, "messages": messages, "chargers": chargers, "seed": seed, "gzip": False,
@@ -53,6 +56,26 @@ def input_file(fmt: str, messages: int, chargers: int, seed: int, quiet: bool) -
     if not quiet:
         print(f"  {meta['frames']:,} frames, {meta['bytes'] / 1e6:,.0f} MB in {meta['seconds']:.1f} s "
               f"({meta['frames'] / meta['seconds']:,.0f} frames/s)", file=sys.stderr)
+    return path, meta
+
+
+def trace_file(messages: int, chargers: int, seed: int, quiet: bool) -> tuple[Path, dict]:
+    """The JSON lines input written as an Open OCPP Trace by ``ocpptool decode -o x.trace.jsonl`` (the same
+    frames, so the same checks apply), made now unless an identical one exists."""
+    src, src_meta = input_file("jsonl", messages, chargers, seed, quiet)
+    path = OUT / f"fleet-trace-{messages}-c{chargers}-s{seed}.trace.jsonl"
+    meta_path = Path(str(path) + ".meta.json")
+    if path.exists() and meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        if meta.get("from") == src_meta and meta.get("bytes") == path.stat().st_size:
+            return path, meta
+    if not quiet:
+        print(f"writing {path.name} from {src.name} ...", file=sys.stderr, flush=True)
+    r = run_child(cli_command() + ["decode", str(src), "-o", str(path), "-q"])
+    if r["exit_code"] != 0:
+        raise SystemExit(f"could not write the trace input: {r['stderr'][-500:]}")
+    meta = {**src_meta, "bytes": path.stat().st_size, "from": src_meta, "written_in_s": r["seconds"]}
+    meta_path.write_text(json.dumps(meta))
     return path, meta
 
 
@@ -192,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
             (f"jsonl-{label(small)}", "jsonl", small),
             (f"jsonl-{label(args.messages)}", "jsonl", args.messages),
             (f"mobilityhouse-{label(args.messages)}", "mobilityhouse", args.messages),
+            (f"trace-{label(args.messages)}", "trace", args.messages),
         ]
     if args.only:
         cases = [c for c in cases if any(o in c[0] for o in args.only)]

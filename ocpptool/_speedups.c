@@ -870,6 +870,8 @@ static int one_line(Ctx *x, cp_t ls, cp_t le, int64_t line_no) {
     return ok ? 1 : -1;
 }
 
+#define GIVE_UP_AFTER 256
+
 static void run(Ctx *x, cp_t buf, int64_t n, int64_t first_line, int64_t *lines_seen) {
     cp_t p = buf, e = buf + n;
     int64_t line = first_line;
@@ -881,6 +883,12 @@ static void run(Ctx *x, cp_t buf, int64_t n, int64_t first_line, int64_t *lines_
             int r = one_line(x, p, le, line);
             if (r < 0 || (r == 0 && !add_slow(x, line, p - buf, le - buf))) {
                 x->oom = 1;
+                return;
+            }
+            /* a log in a layout this reader never takes (frames as JSON arrays, say): leave the whole chunk
+             * to the general reader rather than split nothing line by line */
+            if (x->nslow == GIVE_UP_AFTER && x->cols[C_LINE].n == 0) {
+                *lines_seen = -1;
                 return;
             }
         }
@@ -1080,6 +1088,7 @@ static PyMethodDef METHODS[] = {
     {"count_lines", count_lines, METH_VARARGS, "count_lines(buffer) -> number of newline bytes"},
     {"split_jsonl", split_jsonl, METH_VARARGS,
      "split_jsonl(chunk, keys, first_line) -> (columns, slow_lines, lines)\n\n"
+     "lines is -1 when the first 256 non-blank lines were all slow: the chunk was not split.\n"
      "Split a chunk of JSON lines into Arrow columns (as capsule pairs); lines it does not fully understand\n"
      "are returned as (line number, start, end) for the general reader."},
     {NULL, NULL, 0, NULL},

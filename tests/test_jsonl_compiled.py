@@ -320,3 +320,18 @@ def test_trace_records_hold_awkward_values_exactly(tmp_path):
                                     '[2,"tab\\tid","DataTransfer",{"data":"\\u0001"}]',
                                     '[4,"tab\\tid","GenericError","say \\"no\\"\\n",{"why":"x"}]'], strict=True):
         assert orjson.loads(rec["raw"]) == orjson.loads(frame)
+
+
+@needs_speedups
+def test_a_log_of_array_frames_is_left_whole_to_the_general_reader(tmp_path, monkeypatch):
+    """Frames given as JSON arrays are not split in C (their text would differ from Polars'); after 256 such
+    lines the splitter hands the whole chunk over at once, and the tables are the general reader's."""
+    keys = (b"timestamp", b"charge_point_id", b"direction", b"message", b"subprotocol", None)
+    lines = [_line([2, str(i), "Heartbeat", {}]) for i in range(300)] + [_line('[2,"t","Heartbeat",{}]')]
+    chunk = ("\n".join(lines) + "\n").encode()
+    assert _speedups.split_jsonl(chunk, keys, 1)[2] == -1
+    assert _speedups.split_jsonl(chunk[-2000:].split(b"\n", 1)[1], keys, 1)[2] > 0
+    path = tmp_path / "arrays.jsonl"
+    path.write_bytes(chunk)
+    t = _same(path, monkeypatch)
+    assert t.messages.height == 301

@@ -399,7 +399,9 @@ def _compiled_chunk(chunk: bytes | memoryview, first: int, *, source: str, layou
     is the reference. Both kinds of row come back in line order."""
     assert _speedups is not None
     keys = tuple(k.encode() if (k := layout.fields.get(r)) else None for r in _ROLES)
-    cols, slow, _ = _speedups.split_jsonl(chunk, keys, first)
+    cols, slow, lines_seen = _speedups.split_jsonl(chunk, keys, first)
+    if lines_seen < 0:  # a layout the splitter never takes (frames as JSON arrays ...): all to the reference
+        return layout.slow_reader(bytes(chunk), first, source, None)
     df = pl.DataFrame([pl.Series(_ArrowColumn(c)).alias(name) for name, c in cols.items()])
     fast = df.select(
         ts=pl.col("ts").cast(pl.Datetime("us", "UTC")),
