@@ -24,7 +24,9 @@ app = typer.Typer(
 
 def _version(value: bool) -> None:
     if value:
-        typer.echo(f"ocpptool {__version__}")
+        from .sources.jsonl import splitter_state
+
+        typer.echo(f"ocpptool {__version__} ({splitter_state()})")
         raise typer.Exit()
 
 

@@ -335,3 +335,19 @@ def test_a_log_of_array_frames_is_left_whole_to_the_general_reader(tmp_path, mon
     path.write_bytes(chunk)
     t = _same(path, monkeypatch)
     assert t.messages.height == 301
+
+
+def test_without_the_splitter_json_lines_still_decode_and_the_user_is_told(tmp_path, monkeypatch):
+    """Where the extension was not built, JSON lines decode with Polars alone and a note (once, for two
+    files) says why it is slower and how to get the splitter; --version says whether it is on."""
+    import subprocess
+    import sys
+
+    for name in ("a.jsonl", "b.jsonl"):
+        (tmp_path / name).write_text(_line('[2,"1","Heartbeat",{}]') + "\n")
+    monkeypatch.setattr(jsonl, "_speedups", None)
+    t, _ = load([str(tmp_path)], progress=False)
+    assert t.messages.height == 2
+    assert [n for n in t.notes if "compiled splitter" in n] == [jsonl._NOT_BUILT]
+    out = subprocess.run([sys.executable, "-m", "ocpptool", "--version"], capture_output=True, text=True, check=True)
+    assert "compiled JSON-lines splitter: " + ("on" if _speedups is not None else "not built") in out.stdout

@@ -23,7 +23,7 @@ import orjson
 import polars as pl
 
 from ..protocol.actions import normalise_direction
-from .base import conform
+from .base import SourceNote, conform
 
 _speedups: types.ModuleType | None
 try:  # the compiled line splitter (ocpptool/_speedups.c); optional
@@ -219,17 +219,37 @@ def _json_str(col: str) -> pl.Expr:
     return pl.concat_str([pl.lit('"'), escaped, pl.lit('"')])
 
 
+_NOT_BUILT = (
+    "JSON lines read without the compiled splitter (ocpptool/_speedups.c was not built when ocpptool was "
+    "installed, no C compiler?): install gcc and the Python headers and reinstall to read them ~2.4x faster"
+)
+
+
+def splitter_state() -> str:
+    """For ``ocpptool --version``: whether JSON lines are split in C."""
+    if _speedups is None:
+        return "compiled JSON-lines splitter: not built"
+    return "compiled JSON-lines splitter: off (OCPPTOOL_PURE)" if os.environ.get("OCPPTOOL_PURE") else (
+        "compiled JSON-lines splitter: on")
+
+
+def _compiled(split: bool) -> bool:
+    return split and _speedups is not None and not os.environ.get("OCPPTOOL_PURE")
+
+
 def read_trace(
     stream: BinaryIO, source: str, on_bytes=None, *, split: bool = True
-) -> Iterator[Callable[[], pl.DataFrame]]:
+) -> Iterator[Callable[[], pl.DataFrame] | SourceNote]:
     """Open OCPP Trace v1.x JSONL. The frame text is ``raw`` when present, otherwise rebuilt from fields.
 
     Yields thunks (one per chunk) so that parsing runs on the decoder's worker threads. With ``split`` (and
     the compiled splitter built), records with a ``raw`` frame are split in C, as in :func:`read_jsonl`.
     """
-    if split and _speedups is not None and not os.environ.get("OCPPTOOL_PURE"):
+    if _compiled(split):
         yield from _compiled_thunks(stream, on_bytes, partial(_compiled_chunk, source=source, layout=_TRACE))
         return
+    if split and _speedups is None:
+        yield SourceNote(_NOT_BUILT)
     for first, chunk, n in _chunks(stream, on_bytes):
         yield partial(_trace_chunk, chunk, first, source, n)
 
@@ -287,17 +307,19 @@ def _trace_rows(df: pl.DataFrame, source: str) -> pl.DataFrame:
 
 def read_jsonl(
     stream: BinaryIO, source: str, fields: dict[str, str | None], on_bytes=None, *, split: bool = True
-) -> Iterator[Callable[[], pl.DataFrame]]:
+) -> Iterator[Callable[[], pl.DataFrame] | SourceNote]:
     """Generic JSON lines with the keys found by :func:`jsonl_fields` (thunks, as :func:`read_trace`).
 
     With ``split`` (and the compiled splitter built), rows come with their frame already split and without
     its text; otherwise every row has the frame's text."""
-    if split and _speedups is not None and not os.environ.get("OCPPTOOL_PURE"):
+    if _compiled(split):
         layout = _Layout(
             fields, _subprotocol, lambda chunk, first, src, n: _jsonl_chunk_polars(chunk, first, src, fields, n)
         )
         yield from _compiled_thunks(stream, on_bytes, partial(_compiled_chunk, source=source, layout=layout))
         return
+    if split and _speedups is None:
+        yield SourceNote(_NOT_BUILT)
     for first, chunk, n in _chunks(stream, on_bytes):
         yield partial(_jsonl_chunk_polars, chunk, first, source, fields, n)
 

@@ -482,7 +482,7 @@ def build_tables(
     meta = pl.concat(meta_parts, how="vertical_relaxed") if meta_parts else None
     connections = _connections(msgs, weirds, versions, meta)
     messages = schemas.conform(msgs, schemas.MESSAGES)
-    notes = source_notes + _notes(messages)
+    notes = list(dict.fromkeys(source_notes)) + _notes(messages)  # a note once, however many inputs say it
     return Tables(messages, weirds, connections, notes)
 
 
