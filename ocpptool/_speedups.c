@@ -754,6 +754,13 @@ static int one_line(Ctx *x, cp_t ls, cp_t le, int64_t line_no) {
             if (x->path[k]) {
                 p = find_path(p, le, x->path[k], x->plen[k], &v[k], 1);
                 if (!p) return 0;
+            } else if (*p == '[' && k == KEY_MSG) { /* the frame as a JSON array: its text as written */
+                q = skip_value(p, le, 1);
+                if (!q) return 0;
+                v[k].s = p;
+                v[k].len = q - p;
+                v[k].present = 1;
+                p = q;
             } else if (*p == '"' && k == KEY_MSG) { /* the frame: validated and unescaped in one pass */
                 if (x->scap < le - p + 16) {
                     int64_t cap = (le - p) * 2 + 256;

@@ -323,15 +323,35 @@ def test_trace_records_hold_awkward_values_exactly(tmp_path):
 
 
 @needs_speedups
-def test_a_log_of_array_frames_is_left_whole_to_the_general_reader(tmp_path, monkeypatch):
-    """Frames given as JSON arrays are not split in C (their text would differ from Polars'); after 256 such
-    lines the splitter hands the whole chunk over at once, and the tables are the general reader's."""
+def test_frames_stored_as_arrays_keep_their_text_as_written(tmp_path, monkeypatch):
+    """A frame stored as a JSON array (not as text) is decoded from its bytes in the log on both paths:
+    spacing kept, and backslashes intact (Polars' own re-serialisation of nested values drops their
+    escaping, which turned C:\\new into a newline)."""
+    lines = [
+        '{"timestamp":"2024-05-01T10:00:00Z","charge_point_id":"CP-1","direction":"cp->csms",'
+        '"message":[2, "a", "DataTransfer", {"vendorId": "x", "data": "C:\\\\new"}]}',
+        '{"timestamp":"2024-05-01T10:00:01Z","charge_point_id":"CP-1","direction":"csms->cp",'
+        '"message":[3,"a",{"status":"Accepted"}]}',
+        '{"meta":{"message":[9]},"timestamp":"2024-05-01T10:00:02Z","charge_point_id":"CP-1",'
+        '"direction":"cp->csms","message":[2,"b","Heartbeat",{}]}',
+    ]
+    path = tmp_path / "arrays.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    t = _same(path, monkeypatch)
+    assert t.messages["payload"].to_list() == ['{"vendorId": "x", "data": "C:\\\\new"}', '{"status":"Accepted"}', "{}"]
+    assert orjson.loads(t.messages["payload"][0])["data"] == "C:\\new"
+
+
+@needs_speedups
+def test_a_log_the_splitter_cannot_take_is_left_whole_to_the_general_reader(tmp_path, monkeypatch):
+    """After 256 lines it cannot take (here: every message id holds an escaped quote), the splitter hands
+    the whole chunk over at once, and the tables are the general reader's."""
     keys = (b"timestamp", b"charge_point_id", b"direction", b"message", b"subprotocol", None)
-    lines = [_line([2, str(i), "Heartbeat", {}]) for i in range(300)] + [_line('[2,"t","Heartbeat",{}]')]
+    lines = [_line(f'[2,"q\\"{i}","Heartbeat",{{}}]') for i in range(300)] + [_line('[2,"t","Heartbeat",{}]')]
     chunk = ("\n".join(lines) + "\n").encode()
     assert _speedups.split_jsonl(chunk, keys, 1)[2] == -1
     assert _speedups.split_jsonl(chunk[-2000:].split(b"\n", 1)[1], keys, 1)[2] > 0
-    path = tmp_path / "arrays.jsonl"
+    path = tmp_path / "quotes.jsonl"
     path.write_bytes(chunk)
     t = _same(path, monkeypatch)
     assert t.messages.height == 301

@@ -9,6 +9,7 @@ every good line around them is kept.
 from __future__ import annotations
 
 import io
+import json
 import mmap
 import os
 import re
@@ -465,8 +466,86 @@ def _jsonl_chunk_polars(
     df, bad = _read_chunk(chunk, first, schema, n_lines)
     parts = [_bad_rows(bad, source)] if bad else []
     if df.height:
+        key = fields["message"]
+        assert key is not None
+        df = _arrays_as_written(df, chunk, first, key)
         parts.append(_jsonl_rows(df, source, fields))
     return _in_line_order(parts)
+
+
+_DECODER = json.JSONDecoder()
+_WS = " \t\r\n"
+
+
+def _arrays_as_written(df: pl.DataFrame, chunk: bytes, first: int, key: str) -> pl.DataFrame:
+    """Frames stored as JSON arrays keep their text as written in the line.
+
+    Polars' NDJSON reader hands a nested value over as its own re-serialisation (spaces added, and
+    backslashes inside strings not escaped again, which changes or breaks the frame). Lines whose frame is
+    an array (found by a cheap search first) are walked here with the standard library's JSON scanner,
+    which gives the exact span of the top-level member.
+    """
+    probe = re.compile(rb'"' + re.escape(key.encode()) + rb'"\s*:\s*\[')
+    if not probe.search(chunk):
+        return df
+    named = re.compile(rb'"' + re.escape(key.encode()) + rb'"\s*:')
+    lines = chunk.split(b"\n")
+    fixed: list[str | None] = []
+    for n in df["_line"].to_list():
+        line = lines[n - first] if 0 <= n - first < len(lines) else b""
+        if not probe.search(line):
+            fixed.append(None)
+            continue
+        if len(named.findall(line)) == 1:
+            # the usual line, written compactly: the key occurs once (so it is the top-level member) and
+            # the frame's compact form stands where it does; anything else takes the exact walk below
+            try:
+                value = orjson.loads(line).get(key)
+            except (orjson.JSONDecodeError, AttributeError):
+                value = None
+            if isinstance(value, list):
+                dumped = orjson.dumps(value)
+                at = probe.search(line).end() - 1  # type: ignore[union-attr]
+                if line[at : at + len(dumped)] == dumped:
+                    fixed.append(dumped.decode())
+                    continue
+        fixed.append(_member_as_written(line, key))
+    return df.with_columns(pl.coalesce(pl.Series(fixed, dtype=pl.String), pl.col(key)).alias(key))
+
+
+def _member_as_written(line: bytes, key: str) -> str | None:
+    """The text of the top-level member ``key`` of a one-object JSON line when it is an array (the first
+    such member, as Polars takes), else None."""
+    try:
+        s = line.decode("utf-8")
+        i = len(s) - len(s.lstrip(_WS))
+        if s[i] != "{":
+            return None
+        i += 1
+        while True:
+            while s[i] in _WS:
+                i += 1
+            if s[i] != '"':
+                return None
+            name, i = json.decoder.scanstring(s, i + 1)  # type: ignore[attr-defined]
+            while s[i] in _WS:
+                i += 1
+            if s[i] != ":":
+                return None
+            i += 1
+            while s[i] in _WS:
+                i += 1
+            _, end = _DECODER.raw_decode(s, i)
+            if name == key:
+                return s[i:end] if s[i] == "[" else None
+            i = end
+            while s[i] in _WS:
+                i += 1
+            if s[i] != ",":
+                return None
+            i += 1
+    except (ValueError, IndexError):
+        return None
 
 
 def _map_unique(df: pl.DataFrame, key: str | None, fn: Callable[[str], str | None]) -> pl.Expr:
