@@ -216,8 +216,8 @@ def test_generated_json_lines_decode_as_the_general_reader_decodes_them(tmp_path
 
 
 @needs_speedups
-def test_chunks_of_a_mapped_file_keep_every_line_and_its_number(tmp_path, monkeypatch):
-    """Cutting a mapped file into tiny chunks (lines longer than a chunk included) loses no line or number."""
+def test_chunks_of_a_file_keep_every_line_and_its_number(tmp_path, monkeypatch):
+    """Cutting a file into tiny chunks (lines longer than a chunk included) loses no line or number."""
     lines = [_line(f'[2,"{i}","DataTransfer",{{"data":"{"x" * (i * 37 % 300)}"}}]') for i in range(200)]
     lines[50] = lines[50][:40]  # a broken line in the middle
     path = tmp_path / "many.jsonl"

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import io
 import json
-import mmap
 import os
 import re
-import stat
 import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -328,56 +326,44 @@ def read_jsonl(
 def _compiled_thunks(
     stream: BinaryIO, on_bytes: Callable[[int], None] | None, split: Callable[..., pl.DataFrame]
 ) -> Iterator[Callable[[], pl.DataFrame]]:
-    """Thunks that split chunks in C: views of the mapped file when it is a plain file, else read chunks."""
-    mapped = _mapped(stream)
-    if mapped is None:
-        for first, chunk, _ in _chunks(stream, on_bytes):
-            yield partial(split, chunk, first)
-        return
-    for first, start, end in _mapped_chunks(mapped, on_bytes):
-        yield partial(_mapped_chunk, mapped, start, end, first, split)
+    """Thunks that split chunks in C, read with one copy each (:func:`_views`)."""
+    for first, chunk in _views(stream, on_bytes):
+        yield partial(split, chunk, first)
 
 
-def _mapped_chunk(
-    mm: mmap.mmap, start: int, end: int, first: int, split: Callable[..., pl.DataFrame]
-) -> pl.DataFrame:
-    """One chunk of a mapped file; its pages are let go of afterwards (they stay in the page cache), so
-    memory follows the output, not the input."""
-    out = split(memoryview(mm)[start:end], first)
-    lo, hi = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE, end // mmap.PAGESIZE * mmap.PAGESIZE
-    if hi > lo and hasattr(mmap, "MADV_DONTNEED"):
-        mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
-    return out
-
-
-def _mapped(stream: BinaryIO) -> mmap.mmap | None:
-    """The whole file mapped into memory, when the stream is a plain non-empty file at its start: chunks
-    are then views of the page cache, with no copy and few page faults."""
-    try:
-        if stream.tell() != 0 or not stat.S_ISREG(os.fstat(stream.fileno()).st_mode):
-            return None
-        return mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ)
-    except (OSError, ValueError, io.UnsupportedOperation):
-        return None
-
-
-def _mapped_chunks(mm: mmap.mmap, on_bytes: Callable[[int], None] | None) -> Iterator[tuple[int, int, int]]:
-    """(first line number, start, end) of chunks of whole lines, as :func:`_chunks` but without reading."""
+def _views(stream: BinaryIO, on_bytes: Callable[[int], None] | None) -> Iterator[tuple[int, memoryview]]:
+    """(first line number, view of whole lines): as :func:`_chunks`, but each block is read straight into
+    its own buffer (one copy, where slicing and joining made two). The file is read, not mapped: a log
+    truncated while it is read (rotation by copy and truncate) then ends early instead of killing the
+    process with SIGBUS."""
     assert _speedups is not None
-    size, pos, line_no = len(mm), 0, 1
-    while pos < size:
-        end = min(pos + CHUNK_BYTES, size)
-        if end < size:
-            cut = mm.rfind(b"\n", pos, end)
-            if cut < 0:  # one line longer than a chunk
-                cut = mm.find(b"\n", end)
-            end = size if cut < 0 else cut + 1
-        if on_bytes:
-            on_bytes(end - pos)
-        yield line_no, pos, end
-        with memoryview(mm) as view:
-            line_no += _speedups.count_lines(view[pos:end])
-        pos = end
+    carry = b""
+    line_no = 1
+    readinto = getattr(stream, "readinto", None)
+    while True:
+        buf = bytearray(len(carry) + CHUNK_BYTES)
+        buf[: len(carry)] = carry
+        if readinto is not None:
+            got = readinto(memoryview(buf)[len(carry) :]) or 0
+        else:  # pragma: no cover - every binary stream ocpptool opens has readinto
+            block = stream.read(CHUNK_BYTES)
+            got = len(block)
+            buf[len(carry) : len(carry) + got] = block
+        if on_bytes and got:
+            on_bytes(got)
+        size = len(carry) + got
+        if not got:
+            if carry:
+                yield line_no, memoryview(bytes(carry) if carry.endswith(b"\n") else carry + b"\n")
+            return
+        cut = buf.rfind(b"\n", 0, size)
+        if cut < 0:
+            carry = bytes(buf[:size])
+            continue
+        view = memoryview(buf)[: cut + 1]
+        carry = bytes(buf[cut + 1 : size])
+        yield line_no, view
+        line_no += _speedups.count_lines(view)
 
 
 class _ArrowColumn:
