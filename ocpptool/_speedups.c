@@ -237,6 +237,41 @@ static inline int utf8_len(cp_t p, cp_t e) {
     return 0;
 }
 
+/* A \\u escape at p (p at the backslash): its code point (a surrogate pair read as one) and the bytes it
+ * takes (6 or 12); 0 if it is invalid or a lone surrogate (left to the reference decoder). */
+static inline int u_escape(cp_t p, cp_t e, unsigned *cp) {
+    unsigned u, v;
+    if (e - p < 6 || !hex4(p + 2, &u)) return 0;
+    if (u >= 0xD800 && u <= 0xDBFF) {
+        if (e - p < 12 || p[6] != '\\' || p[7] != 'u' || !hex4(p + 8, &v) || v < 0xDC00 || v > 0xDFFF) return 0;
+        *cp = 0x10000 + ((u - 0xD800) << 10) + (v - 0xDC00);
+        return 12;
+    }
+    if (u >= 0xDC00 && u <= 0xDFFF) return 0;
+    *cp = u;
+    return 6;
+}
+
+/* A code point as UTF-8 at o; returns the end. */
+static inline char *put_utf8(char *o, unsigned u) {
+    if (u < 0x80) {
+        *o++ = (char)u;
+    } else if (u < 0x800) {
+        *o++ = (char)(0xC0 | (u >> 6));
+        *o++ = (char)(0x80 | (u & 0x3F));
+    } else if (u < 0x10000) {
+        *o++ = (char)(0xE0 | (u >> 12));
+        *o++ = (char)(0x80 | ((u >> 6) & 0x3F));
+        *o++ = (char)(0x80 | (u & 0x3F));
+    } else {
+        *o++ = (char)(0xF0 | (u >> 18));
+        *o++ = (char)(0x80 | ((u >> 12) & 0x3F));
+        *o++ = (char)(0x80 | ((u >> 6) & 0x3F));
+        *o++ = (char)(0x80 | (u & 0x3F));
+    }
+    return o;
+}
+
 /* The first byte at or after p that is not a plain string byte ('"', '\\', a control or a non-ASCII byte). */
 static inline cp_t plain_run(cp_t p, cp_t e) {
 #ifdef __SSE2__
@@ -270,17 +305,10 @@ static cp_t skip_string(cp_t p, cp_t e, int *esc) {
             if (e - p < 2) return NULL;
             unsigned char c = p[1];
             if (c == 'u') {
-                unsigned u, v;
-                if (e - p < 6 || !hex4(p + 2, &u)) return NULL;
-                if (u >= 0xD800 && u <= 0xDBFF) {
-                    if (e - p < 12 || p[6] != '\\' || p[7] != 'u' || !hex4(p + 8, &v) || v < 0xDC00 || v > 0xDFFF)
-                        return NULL;
-                    p += 12;
-                } else if (u >= 0xDC00 && u <= 0xDFFF) {
-                    return NULL;
-                } else {
-                    p += 6;
-                }
+                unsigned u;
+                int k = u_escape(p, e, &u);
+                if (!k) return NULL;
+                p += k;
             } else if (c == '"' || c == '\\' || c == '/' || c == 'b' || c == 'f' || c == 'n' || c == 'r' || c == 't') {
                 p += 2;
             } else {
@@ -345,33 +373,11 @@ static cp_t copy_string(cp_t p, cp_t e, char *out, int64_t *n) {
             case 'r': *o++ = '\r'; p += 2; break;
             case 't': *o++ = '\t'; p += 2; break;
             case 'u': {
-                unsigned u, v;
-                if (e - p < 6 || !hex4(p + 2, &u)) return NULL;
-                if (u >= 0xD800 && u <= 0xDBFF) {
-                    if (e - p < 12 || p[6] != '\\' || p[7] != 'u' || !hex4(p + 8, &v) || v < 0xDC00 || v > 0xDFFF)
-                        return NULL;
-                    u = 0x10000 + ((u - 0xD800) << 10) + (v - 0xDC00);
-                    p += 12;
-                } else if (u >= 0xDC00 && u <= 0xDFFF) {
-                    return NULL;
-                } else {
-                    p += 6;
-                }
-                if (u < 0x80) {
-                    *o++ = (char)u;
-                } else if (u < 0x800) {
-                    *o++ = (char)(0xC0 | (u >> 6));
-                    *o++ = (char)(0x80 | (u & 0x3F));
-                } else if (u < 0x10000) {
-                    *o++ = (char)(0xE0 | (u >> 12));
-                    *o++ = (char)(0x80 | ((u >> 6) & 0x3F));
-                    *o++ = (char)(0x80 | (u & 0x3F));
-                } else {
-                    *o++ = (char)(0xF0 | (u >> 18));
-                    *o++ = (char)(0x80 | ((u >> 12) & 0x3F));
-                    *o++ = (char)(0x80 | ((u >> 6) & 0x3F));
-                    *o++ = (char)(0x80 | (u & 0x3F));
-                }
+                unsigned u;
+                int k = u_escape(p, e, &u);
+                if (!k) return NULL;
+                o = put_utf8(o, u);
+                p += k;
                 break;
             }
             default:
@@ -477,55 +483,6 @@ static cp_t skip_value(cp_t p, cp_t e, int depth) {
     default:
         return skip_number(p, e);
     }
-}
-
-/* Unescape the body of a validated JSON string (between the quotes) into out; returns bytes written. */
-static int64_t unescape(cp_t p, cp_t e, char *out) {
-    char *o = out;
-    while (p < e) {
-        cp_t q = memchr(p, '\\', (size_t)(e - p));
-        if (!q) q = e;
-        memcpy(o, p, (size_t)(q - p));
-        o += q - p;
-        if (q >= e) break;
-        unsigned char c = q[1];
-        p = q + 2;
-        switch (c) {
-        case 'b': *o++ = '\b'; break;
-        case 'f': *o++ = '\f'; break;
-        case 'n': *o++ = '\n'; break;
-        case 'r': *o++ = '\r'; break;
-        case 't': *o++ = '\t'; break;
-        case 'u': {
-            unsigned u = 0, v = 0xDC00;
-            hex4(p, &u);
-            p += 4;
-            if (u >= 0xD800 && u <= 0xDBFF) { /* validated: a low surrogate follows */
-                hex4(p + 2, &v);
-                p += 6;
-                u = 0x10000 + ((u - 0xD800) << 10) + (v - 0xDC00);
-            }
-            if (u < 0x80) {
-                *o++ = (char)u;
-            } else if (u < 0x800) {
-                *o++ = (char)(0xC0 | (u >> 6));
-                *o++ = (char)(0x80 | (u & 0x3F));
-            } else if (u < 0x10000) {
-                *o++ = (char)(0xE0 | (u >> 12));
-                *o++ = (char)(0x80 | ((u >> 6) & 0x3F));
-                *o++ = (char)(0x80 | (u & 0x3F));
-            } else {
-                *o++ = (char)(0xF0 | (u >> 18));
-                *o++ = (char)(0x80 | ((u >> 12) & 0x3F));
-                *o++ = (char)(0x80 | ((u >> 6) & 0x3F));
-                *o++ = (char)(0x80 | (u & 0x3F));
-            }
-            break;
-        }
-        default: *o++ = (char)c; break; /* " \ / */
-        }
-    }
-    return o - out;
 }
 
 /* ------------------------------------------------------------------------------------------- times */
@@ -642,8 +599,11 @@ static int add_slow(Ctx *x, int64_t line, int64_t start, int64_t end) {
 static int put_span(Col *c, const Span *v) {
     if (!v->present || v->null) return col_null(c);
     if (!v->esc) return col_str(c, (const char *)v->s, v->len);
-    if (!col_row(c) || !col_reserve(c, v->len)) return 0;
-    c->dlen += unescape(v->s, v->s + v->len, c->data + c->dlen);
+    /* validated already; copy_string unescapes it (up to and past the closing quote at s + len) */
+    int64_t n = 0;
+    if (!col_row(c) || !col_reserve(c, v->len + 16)) return 0;
+    if (!copy_string(v->s, v->s + v->len + 1, c->data + c->dlen, &n)) return 0;
+    c->dlen += n;
     set_valid(c);
     c->offs[c->n + 1] = c->dlen;
     c->n++;
