@@ -107,25 +107,41 @@ def _looks_like_frame(v: object) -> bool:
     return False
 
 
-def _chunks(stream: BinaryIO, on_bytes: Callable[[int], None] | None) -> Iterator[tuple[int, bytes, int]]:
-    """Yield (first line number, chunk of whole lines, number of lines), reading big blocks."""
+def _blocks(stream: BinaryIO, on_bytes: Callable[[int], None] | None) -> Iterator[memoryview]:
+    """Views of whole lines, each block read straight into its own buffer (one copy). The file is read, not
+    mapped: a log truncated while it is read (rotation by copy and truncate) then ends early instead of
+    killing the process with SIGBUS. The last line gets its newline if the file lacks one."""
     carry = b""
-    line_no = 1
+    readinto = getattr(stream, "readinto", None)
     while True:
-        block = stream.read(CHUNK_BYTES)
-        if on_bytes and block:
-            on_bytes(len(block))
-        if not block:
+        buf = bytearray(len(carry) + CHUNK_BYTES)
+        buf[: len(carry)] = carry
+        if readinto is not None:
+            got = readinto(memoryview(buf)[len(carry) :]) or 0
+        else:  # pragma: no cover - every binary stream ocpptool opens has readinto
+            block = stream.read(CHUNK_BYTES)
+            got = len(block)
+            buf[len(carry) : len(carry) + got] = block
+        if on_bytes and got:
+            on_bytes(got)
+        size = len(carry) + got
+        if not got:
             if carry:
-                last = carry if carry.endswith(b"\n") else carry + b"\n"
-                yield line_no, last, last.count(b"\n")
+                yield memoryview(carry if carry.endswith(b"\n") else carry + b"\n")
             return
-        cut = block.rfind(b"\n")
-        if cut < 0:
-            carry += block
+        cut = buf.rfind(b"\n", 0, size)
+        if cut < 0:  # one line longer than a block
+            carry = bytes(buf[:size])
             continue
-        chunk = carry + block[: cut + 1] if carry else block[: cut + 1]
-        carry = block[cut + 1 :]
+        carry = bytes(buf[cut + 1 : size])
+        yield memoryview(buf)[: cut + 1]
+
+
+def _chunks(stream: BinaryIO, on_bytes: Callable[[int], None] | None) -> Iterator[tuple[int, bytes, int]]:
+    """Yield (first line number, chunk of whole lines, number of lines), for the Polars reader."""
+    line_no = 1
+    for view in _blocks(stream, on_bytes):
+        chunk = view.tobytes()
         n = chunk.count(b"\n")
         yield line_no, chunk, n
         line_no += n
@@ -326,43 +342,11 @@ def read_jsonl(
 def _compiled_thunks(
     stream: BinaryIO, on_bytes: Callable[[int], None] | None, split: Callable[..., pl.DataFrame]
 ) -> Iterator[Callable[[], pl.DataFrame]]:
-    """Thunks that split chunks in C, read with one copy each (:func:`_views`)."""
-    for first, chunk in _views(stream, on_bytes):
-        yield partial(split, chunk, first)
-
-
-def _views(stream: BinaryIO, on_bytes: Callable[[int], None] | None) -> Iterator[tuple[int, memoryview]]:
-    """(first line number, view of whole lines): as :func:`_chunks`, but each block is read straight into
-    its own buffer (one copy, where slicing and joining made two). The file is read, not mapped: a log
-    truncated while it is read (rotation by copy and truncate) then ends early instead of killing the
-    process with SIGBUS."""
+    """Thunks that split chunks in C: the views of :func:`_blocks`, numbered without a copy."""
     assert _speedups is not None
-    carry = b""
     line_no = 1
-    readinto = getattr(stream, "readinto", None)
-    while True:
-        buf = bytearray(len(carry) + CHUNK_BYTES)
-        buf[: len(carry)] = carry
-        if readinto is not None:
-            got = readinto(memoryview(buf)[len(carry) :]) or 0
-        else:  # pragma: no cover - every binary stream ocpptool opens has readinto
-            block = stream.read(CHUNK_BYTES)
-            got = len(block)
-            buf[len(carry) : len(carry) + got] = block
-        if on_bytes and got:
-            on_bytes(got)
-        size = len(carry) + got
-        if not got:
-            if carry:
-                yield line_no, memoryview(bytes(carry) if carry.endswith(b"\n") else carry + b"\n")
-            return
-        cut = buf.rfind(b"\n", 0, size)
-        if cut < 0:
-            carry = bytes(buf[:size])
-            continue
-        view = memoryview(buf)[: cut + 1]
-        carry = bytes(buf[cut + 1 : size])
-        yield line_no, view
+    for view in _blocks(stream, on_bytes):
+        yield partial(split, view, line_no)
         line_no += _speedups.count_lines(view)
 
 
@@ -397,7 +381,7 @@ _TRACE = _Layout(
     {"ts": "timestamp", "cp": "chargePointId", "direction": "direction", "message": "raw",
      "subprotocol": "ocppVersion", "conn": "meta.ocpptool.conn"},
     lambda v: f"ocpp{v}",
-    lambda chunk, first, source, n: _trace_chunk(chunk, first, source, n),
+    _trace_chunk,
 )  # fmt: skip
 
 
@@ -409,7 +393,7 @@ def _compiled_chunk(chunk: bytes | memoryview, first: int, *, source: str, layou
     assert _speedups is not None
     keys = tuple(k.encode() if (k := layout.fields.get(r)) else None for r in _ROLES)
     cols, slow, lines_seen = _speedups.split_jsonl(chunk, keys, first)
-    if lines_seen < 0:  # a layout the splitter never takes (frames as JSON arrays ...): all to the reference
+    if lines_seen < 0:  # a layout the splitter never takes (say, escapes in every id): all to the reference
         return layout.slow_reader(bytes(chunk), first, source, None)
     df = pl.DataFrame([pl.Series(_ArrowColumn(c)).alias(name) for name, c in cols.items()])
     fast = df.select(
@@ -479,7 +463,8 @@ def _arrays_as_written(df: pl.DataFrame, chunk: bytes, first: int, key: str) -> 
     fixed: list[str | None] = []
     for n in df["_line"].to_list():
         line = lines[n - first] if 0 <= n - first < len(lines) else b""
-        if not probe.search(line):
+        found = probe.search(line)
+        if found is None:
             fixed.append(None)
             continue
         if len(named.findall(line)) == 1:
@@ -491,7 +476,7 @@ def _arrays_as_written(df: pl.DataFrame, chunk: bytes, first: int, key: str) -> 
                 value = None
             if isinstance(value, list):
                 dumped = orjson.dumps(value)
-                at = probe.search(line).end() - 1  # type: ignore[union-attr]
+                at = found.end() - 1
                 if line[at : at + len(dumped)] == dumped:
                     fixed.append(dumped.decode())
                     continue

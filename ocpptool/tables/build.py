@@ -133,6 +133,12 @@ def decode_batch(raw: pl.DataFrame, log_tz: str | None = None) -> tuple[pl.DataF
     return _decode_text(raw)
 
 
+def _no_weirds(schema: pl.Schema) -> pl.DataFrame:
+    """An empty weirds part of a batch (``_r`` and the kept columns typed as in ``schema``)."""
+    return pl.DataFrame(schema={"_r": pl.Int64()} | {c: schema[c] for c in _WEIRD_KEEP[1:]}
+                        | {"reason": pl.String, "detail": pl.String, "excerpt": pl.String})
+
+
 def _decode_presplit(raw: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     """A batch whose ``_pre`` rows carry their frame already split; the others are decoded from text and
     both are put back in source order."""
@@ -147,9 +153,7 @@ def _decode_presplit(raw: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
         .select(*_KEEP, *_FRAME_COLS)
     )
     if done.height == raw.height:
-        weird_schema = {"_r": pl.Int64()} | {c: raw.schema[c] for c in _WEIRD_KEEP[1:]}
-        return msgs, pl.DataFrame(schema=weird_schema | {"reason": pl.String, "detail": pl.String,
-                                                          "excerpt": pl.String})
+        return msgs, _no_weirds(raw.schema)
     rest_msgs, weirds = _decode_text(raw.filter(~pre).drop("_pre", *_FRAME_COLS))
     merged = pl.concat([msgs, rest_msgs], how="vertical_relaxed").sort("source_pos", maintain_order=True)
     return merged.with_columns(_r=pl.int_range(merged.height, dtype=pl.Int64)), weirds
@@ -190,11 +194,9 @@ def _decode_text(raw: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
             df = df.with_columns(_fast=pl.col("_fast") & ~pl.col("_r").is_in(bad.implode()))
             n_fast = -1  # some rows take the reference decoder
     nulls = [pl.lit(None, pl.String).alias(c) for c in ("error_code", "error_description", "error_details")]
-    weird_schema = {c: df.schema[c] for c in _WEIRD_KEEP} | {"reason": pl.String, "detail": pl.String,
-                                                              "excerpt": pl.String}
     if n_fast == df.height:  # the common case: every row a well-formed CALL/CALLRESULT
         msgs = df.select(*_KEEP, *_FRAME_COLS[:4], *nulls)
-        return msgs, pl.DataFrame(schema=weird_schema)
+        return msgs, _no_weirds(df.schema)
     rest = df.filter(~pl.col("_fast"))
     pre = rest.filter(pl.col("weird_reason").is_not_null())
     slow_frames, slow_weirds = _python_decode(rest.filter(pl.col("weird_reason").is_null()).select("_r", "text"))
@@ -208,7 +210,7 @@ def _decode_text(raw: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
         keep = keep.scatter(at, True)
     msgs = msgs.filter(keep)
     if pre.height == 0 and slow_weirds.height == 0:
-        return msgs, pl.DataFrame(schema=weird_schema)
+        return msgs, _no_weirds(df.schema)
     pre_w = pre.select("_r", reason=pl.col("weird_reason"), detail=pl.col("weird_detail"),
                        excerpt=pl.col("text").str.slice(0, 200))
     weirds = (

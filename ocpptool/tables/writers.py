@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
@@ -39,25 +40,7 @@ def _jstr(col: str | pl.Expr) -> pl.Expr:
 
 def frame_text() -> pl.Expr:
     """Rebuild each row's OCPP-J frame text (payloads inserted verbatim)."""
-    mt = pl.col("message_type")
-    tid = mt.replace_strict(_TYPE_IDS, default=None)
-    mid = _jstr("message_id")
-    payload = pl.coalesce(pl.col("payload"), pl.lit("{}"))
-    return (
-        pl.when(mt.is_in(["CALL", "SEND"]))
-        .then(pl.concat_str([pl.lit("["), tid, pl.lit(","), mid, pl.lit(","), _jstr("action"), pl.lit(","),
-                             payload, pl.lit("]")]))
-        .when(mt == "CALLRESULT")
-        .then(pl.concat_str([pl.lit("["), tid, pl.lit(","), mid, pl.lit(","), payload, pl.lit("]")]))
-        .otherwise(
-            pl.concat_str([
-                pl.lit("["), tid, pl.lit(","), mid, pl.lit(","),
-                pl.coalesce(_jstr("error_code"), pl.lit('""')), pl.lit(","),
-                pl.coalesce(_jstr("error_description"), pl.lit('""')), pl.lit(","),
-                pl.coalesce(pl.col("error_details"), pl.lit("{}")), pl.lit("]"),
-            ])
-        )
-    )  # fmt: skip
+    return _frame_text(_jstr)
 
 
 _NEEDS_ESCAPE = r'["\\\x00-\x1f]'
@@ -71,7 +54,7 @@ _QUOTED = ["_ts", "ocpp_version", "charge_point_id", "_dir", "_mt", "message_id"
            "error_code", "error_description"]  # fmt: skip
 
 
-def _quoter(df: pl.DataFrame):
+def _quoter(df: pl.DataFrame) -> Callable[[str], pl.Expr]:
     """``quote(name)``: a column of ``df`` as JSON string literals. A column with nothing to escape (the
     usual case: ids, actions, times) is only put in quotes; the others go through Polars' JSON encoder."""
     plain = df.select(
@@ -84,8 +67,9 @@ def _quoter(df: pl.DataFrame):
     return quote
 
 
-def _frame_text_fast(quote) -> pl.Expr:
-    """:func:`frame_text` from the quoted id, action and error columns (no when/then per part)."""
+def _frame_text(quote: Callable[[str], pl.Expr]) -> pl.Expr:
+    """The frame text, its id, action and error texts quoted by ``quote`` (:func:`_jstr`, or the cheaper
+    quoting of :func:`_quoter` where a column has nothing to escape)."""
     mt = pl.col("message_type")
     call = mt.is_in(["CALL", "SEND"])
     error = mt.is_in(["CALLERROR", "CALLRESULTERROR"])
@@ -121,7 +105,7 @@ def trace_lines(messages: pl.DataFrame) -> pl.Series:
         _pos=pl.col("source_pos").cast(pl.String),
     )
     quote = _quoter(df)
-    df = df.with_columns(_raw=_frame_text_fast(quote))
+    df = df.with_columns(_raw=_frame_text(quote))
     if df.select(pl.col("_raw").str.contains(r"[\x00-\x1f]").any()).item():
         raw = _jstr("_raw")
     else:
