@@ -59,7 +59,7 @@ struct ArrowArray {
 
 /* ------------------------------------------------------------------------------------ growable columns */
 
-enum { K_UTF8, K_I64, K_I8 };
+enum { K_UTF8, K_I64, K_I8, K_F64 }; /* K_F64: doubles stored in the i64 buffer */
 
 typedef struct {
     int kind;
@@ -85,7 +85,7 @@ static int col_init(Col *c, int kind, int64_t rows, int64_t bytes) {
         c->data = malloc((size_t)c->dcap);
         if (!c->offs || !c->data) return 0;
         c->offs[0] = 0;
-    } else if (kind == K_I64) {
+    } else if (kind == K_I64 || kind == K_F64) {
         c->i64 = malloc(sizeof(int64_t) * (size_t)c->cap);
         if (!c->i64) return 0;
     } else {
@@ -116,7 +116,7 @@ static int col_row(Col *c) {
         int64_t *o = realloc(c->offs, sizeof(int64_t) * (size_t)(cap + 1));
         if (!o) return 0;
         c->offs = o;
-    } else if (c->kind == K_I64) {
+    } else if (c->kind == K_I64 || c->kind == K_F64) {
         int64_t *o = realloc(c->i64, sizeof(int64_t) * (size_t)cap);
         if (!o) return 0;
         c->i64 = o;
@@ -145,7 +145,7 @@ static inline void set_valid(Col *c) { c->valid[c->n >> 3] |= (uint8_t)(1u << (c
 static int col_null(Col *c) {
     if (!col_row(c)) return 0;
     if (c->kind == K_UTF8) c->offs[c->n + 1] = c->dlen;
-    else if (c->kind == K_I64) c->i64[c->n] = 0;
+    else if (c->kind == K_I64 || c->kind == K_F64) c->i64[c->n] = 0;
     else c->i8[c->n] = 0;
     c->nulls++;
     c->n++;
@@ -165,6 +165,14 @@ static int col_str(Col *c, const char *s, int64_t len) {
 static int col_i64(Col *c, int64_t v) {
     if (!col_row(c)) return 0;
     c->i64[c->n] = v;
+    set_valid(c);
+    c->n++;
+    return 1;
+}
+
+static int col_f64(Col *c, double v) {
+    if (!col_row(c)) return 0;
+    memcpy(&c->i64[c->n], &v, sizeof(v));
     set_valid(c);
     c->n++;
     return 1;
@@ -506,11 +514,12 @@ static int64_t days_from_civil(int64_t y, int m, int d) {
     return era * 146097 + doe - 719468;
 }
 
-/* "YYYY-MM-DDTHH:MM:SS[.f{1,6}](Z|+HH:MM|-HH:MM)" to microseconds since the epoch (UTC); 0 if not so. */
-static int iso_us(cp_t p, int64_t len, int64_t *out) {
+/* "YYYY-MM-DDTHH:MM:SS[.f{1,6}](Z|+HH:MM|-HH:MM)" to microseconds since the epoch (UTC); 0 if not so.
+ * naive: the zone may be left out (the time is then read as UTC, as OCPP prescribes for payloads). */
+static int iso_us_zone(cp_t p, int64_t len, int64_t *out, int naive) {
     cp_t e = p + len;
     int y, mo, d, h, mi, s;
-    if (len < 20 || p[4] != '-' || p[7] != '-' || p[10] != 'T' || p[13] != ':' || p[16] != ':') return 0;
+    if (len < 19 || (len < 20 && !naive) || p[4] != '-' || p[7] != '-' || p[10] != 'T' || p[13] != ':' || p[16] != ':') return 0;
     if (!digits(p, 4, &y) || !digits(p + 5, 2, &mo) || !digits(p + 8, 2, &d) || !digits(p + 11, 2, &h) ||
         !digits(p + 14, 2, &mi) || !digits(p + 17, 2, &s))
         return 0;
@@ -541,7 +550,7 @@ static int iso_us(cp_t p, int64_t len, int64_t *out) {
         off = (int64_t)(oh * 60 + om) * 60;
         if (*q == '-') off = -off;
         q += 6;
-    } else {
+    } else if (!(naive && q == e)) {
         return 0;
     }
     if (q != e) return 0;
@@ -549,6 +558,8 @@ static int iso_us(cp_t p, int64_t len, int64_t *out) {
     *out = secs * 1000000 + frac;
     return 1;
 }
+
+static int iso_us(cp_t p, int64_t len, int64_t *out) { return iso_us_zone(p, len, out, 0); }
 
 /* ------------------------------------------------------------------------------------------- lines */
 
@@ -909,7 +920,7 @@ static PyObject *export_col(Col *c, const char *name) {
         free(pv);
         return PyErr_NoMemory();
     }
-    s->format = c->kind == K_UTF8 ? "U" : c->kind == K_I64 ? "l" : "c";
+    s->format = c->kind == K_UTF8 ? "U" : c->kind == K_I64 ? "l" : c->kind == K_F64 ? "g" : "c";
     s->name = name;
     s->flags = ARROW_FLAG_NULLABLE;
     s->release = release_schema;
@@ -928,7 +939,7 @@ static PyObject *export_col(Col *c, const char *name) {
         pv->ptrs[2] = c->data;
         a->n_buffers = 3;
     } else {
-        void *vals = c->kind == K_I64 ? (void *)c->i64 : (void *)c->i8;
+        void *vals = c->kind == K_I8 ? (void *)c->i8 : (void *)c->i64;
         pv->bufs[1] = vals;
         pv->ptrs[1] = vals;
         a->n_buffers = 2;
@@ -1051,7 +1062,942 @@ static PyObject *count_lines(PyObject *self, PyObject *args) {
     return PyLong_FromLongLong((long long)n);
 }
 
+/* ------------------------------------------------------------------------------ payload walker (analysis) */
+/*
+ * walk_payloads(stream, kinds, configs) reads a column of OCPP payloads (an Arrow string or string-view
+ * stream, as Polars exports a Series) without the GIL, each as the configuration of its kind says (kinds: one
+ * byte per payload, or None for all the first; a configuration: (meter_key, paths, anywhere, templates)),
+ * and gives, per payload:
+ *
+ *   - sure: 1 when this code fully understood the payload, else 0: the caller reads that payload with the
+ *     Polars reference (json_path_match, json_decode behind a textual shape guard). Like the splitter, this
+ *     code only has to be right when it says sure;
+ *   - the text of each path ("a" or "a.b"), as json_path_match gives it for what is read here: an
+ *     escape-free string, a plain integer, null or missing (anything else: not sure). anywhere=1 reads
+ *     single keys as a regex's first match in the whole text would (the key may then occur only once, at
+ *     the top level);
+ *   - with meter_key (MeterValues "meterValue", StopTransaction "transactionData", TransactionEvent
+ *     "meterValue"): every sampledValue under the top-level array of that name, as json_decode into the
+ *     meter-value struct gives it (numbers as Polars prints them, true/false as text), with the meterValue's
+ *     timestamp in microseconds (strict ISO 8601; a zone-less time is UTC);
+ *   - with templates: a 64-bit key of the payload text with each "value":"..." and "timestamp":"..." literal
+ *     cut out (the MeterValues template the schema check classes payloads by);
+ *   - always: the first "timestamp" string anywhere (as the time detectors' regex finds it) and that time in
+ *     microseconds, and whether a key "offline" holds true anywhere.
+ *
+ * Samples come out in payload order (document order within one), so payloads of several kinds walked
+ * together in message order need no sort.
+ *
+ * Not sure (the whole payload goes to the reference): invalid JSON, any escape, repeated keys on the way,
+ * numbers it cannot print as Polars does (exponents, > 15 significant digits, negative zero), timestamps
+ * outside the strict form, a sampled value's text that is not a plain decimal number, and every shape the reference's textual guard would refuse or could misjudge: a
+ * meter field holding a container, sampledValue not an array of objects, unitOfMeasure not an object, an
+ * array going on with a non-object after an object.
+ */
+
+#define W_MAX_PATHS 10
+enum { S_ROW, S_TS, S_MEASURAND, S_PHASE, S_UNIT, S_MULT, S_CONTEXT, S_LOCATION, S_VALUE, S_NUM, S_DEC, N_SCOLS };
+static const char *SCOL_NAMES[N_SCOLS] = {"row", "sample_ts", "measurand", "phase", "unit", "multiplier",
+                                          "context", "location", "value", "number", "decimals"};
+
+/* object keys the walker knows; K_OTHER for the rest */
+enum { WK_OTHER, WK_TIMESTAMP, WK_VALUE, WK_CONTEXT, WK_FORMAT, WK_MEASURAND, WK_PHASE, WK_LOCATION, WK_UNIT,
+       WK_MULTIPLIER, WK_SAMPLED, WK_UOM };
+
+typedef struct {
+    int type; /* 0 missing, 1 null, 2 text (s, len: printed form) */
+    const char *s;
+    int64_t len;
+} WScalar;
+
+#define W_MAX_CFG 4
+
+/* How one kind of payload is read (a row's kind picks its configuration). */
+typedef struct {
+    const char *mkey;
+    Py_ssize_t mklen;
+    int anywhere, templates, npaths;
+    const char *path[W_MAX_PATHS];
+    Py_ssize_t plen[W_MAX_PATHS];
+    const char *leaf[W_MAX_PATHS]; /* last segment (anywhere) */
+    Py_ssize_t leaflen[W_MAX_PATHS];
+} WCfg;
+
+typedef struct {
+    WCfg cfg[W_MAX_CFG];
+    int ncfg;
+    const WCfg *c; /* the current payload's */
+    /* per payload */
+    WScalar field[W_MAX_PATHS];
+    int leaf_seen[W_MAX_PATHS];
+    cp_t base;
+    cp_t stamp;    /* the first "timestamp" string (content), as the time detectors' regex finds it */
+    int64_t stamp_len;
+    int offline;   /* a key "offline" holding true, anywhere */
+    int64_t *cuts; /* template literal ranges: (start, end) offsets into the payload */
+    int64_t ncuts, cutcap;
+    char numbuf[64 * 16];
+    int numused;
+    /* output */
+    Col sure, fields[W_MAX_CFG][W_MAX_PATHS], tkey, scol[N_SCOLS], stamp_text, stamp_us, offline_col;
+    char *scratch;
+    int64_t scap;
+    int oom;
+    int64_t row;
+} Walk;
+
+static int wk_key(cp_t s, int64_t n) {
+    switch (n) {
+    case 4: return memcmp(s, "unit", 4) == 0 ? WK_UNIT : WK_OTHER;
+    case 5:
+        if (memcmp(s, "value", 5) == 0) return WK_VALUE;
+        if (memcmp(s, "phase", 5) == 0) return WK_PHASE;
+        return WK_OTHER;
+    case 6: return memcmp(s, "format", 6) == 0 ? WK_FORMAT : WK_OTHER;
+    case 7: return memcmp(s, "context", 7) == 0 ? WK_CONTEXT : WK_OTHER;
+    case 8: return memcmp(s, "location", 8) == 0 ? WK_LOCATION : WK_OTHER;
+    case 9: return memcmp(s, "timestamp", 9) == 0 ? WK_TIMESTAMP : memcmp(s, "measurand", 9) == 0 ? WK_MEASURAND : WK_OTHER;
+    case 10: return memcmp(s, "multiplier", 10) == 0 ? WK_MULTIPLIER : WK_OTHER;
+    case 12: return memcmp(s, "sampledValue", 12) == 0 ? WK_SAMPLED : WK_OTHER;
+    case 13: return memcmp(s, "unitOfMeasure", 13) == 0 ? WK_UOM : WK_OTHER;
+    default: return WK_OTHER;
+    }
+}
+
+static inline int wk_scalar_key(int k) { return k >= WK_TIMESTAMP && k <= WK_MULTIPLIER; }
+
+/* A key at p (the opening quote), escape-free: its text; NULL if escaped or invalid. */
+static cp_t w_key(cp_t p, cp_t e, cp_t *ks, int64_t *kl) {
+    int esc = 0;
+    cp_t q = skip_string(p, e, &esc);
+    if (!q || esc) return NULL;
+    *ks = p + 1;
+    *kl = q - 1 - (p + 1);
+    return q;
+}
+
+/* A number as json_decode prints it into a string field; NULL when not sure (see the section comment).
+ * The printed form goes to w->numbuf. */
+static cp_t w_number_decoded(Walk *w, cp_t p, cp_t e, WScalar *out) {
+    cp_t start = p, q = skip_number(p, e);
+    if (!q) return NULL;
+    int neg = *p == '-';
+    cp_t d = p + neg, dot = NULL, last_nz = NULL;
+    int sig = 0, lead = 1;
+    for (cp_t r = d; r < q; r++) {
+        if (*r == 'e' || *r == 'E') return NULL;
+        if (*r == '.') {
+            dot = r;
+            continue;
+        }
+        if (*r != '0') {
+            lead = 0;
+            last_nz = r;
+        }
+        if (!lead) sig++;
+    }
+    if (!last_nz && neg) return NULL; /* negative zero: printed "0" or "-0" */
+    int64_t len;
+    if (!dot) {
+        if (q - d > 18) return NULL;
+        len = q - start;
+    } else {
+        if (sig > 15) return NULL;
+        /* strip the fraction's trailing zeros (and the point when nothing is left) */
+        cp_t end = (last_nz && last_nz > dot) ? last_nz + 1 : dot;
+        len = end - start;
+    }
+    if (w->numused + len > (int64_t)sizeof(w->numbuf)) return NULL;
+    char *o = w->numbuf + w->numused;
+    memcpy(o, start, (size_t)len);
+    w->numused += (int)len;
+    out->type = 2;
+    out->s = o;
+    out->len = len;
+    return q;
+}
+
+/* A scalar as json_decode prints it into a string field. */
+static cp_t w_scalar_decoded(Walk *w, cp_t p, cp_t e, WScalar *out) {
+    if (p >= e) return NULL;
+    switch (*p) {
+    case '"': {
+        int esc = 0;
+        cp_t q = skip_string(p, e, &esc);
+        if (!q || esc) return NULL;
+        out->type = 2;
+        out->s = (const char *)p + 1;
+        out->len = q - 1 - (p + 1);
+        return q;
+    }
+    case 'n':
+        if (e - p >= 4 && memcmp(p, "null", 4) == 0) {
+            out->type = 1;
+            return p + 4;
+        }
+        return NULL;
+    case 't':
+        if (e - p >= 4 && memcmp(p, "true", 4) == 0) {
+            out->type = 2;
+            out->s = "true";
+            out->len = 4;
+            return p + 4;
+        }
+        return NULL;
+    case 'f':
+        if (e - p >= 5 && memcmp(p, "false", 5) == 0) {
+            out->type = 2;
+            out->s = "false";
+            out->len = 5;
+            return p + 5;
+        }
+        return NULL;
+    case '{':
+    case '[':
+        return NULL;
+    default:
+        return w_number_decoded(w, p, e, out);
+    }
+}
+
+/* A scalar as json_path_match gives it, for what is read here: escape-free string, plain integer, null. */
+static cp_t w_scalar_path(cp_t p, cp_t e, WScalar *out) {
+    if (p >= e) return NULL;
+    if (*p == '"') {
+        int esc = 0;
+        cp_t q = skip_string(p, e, &esc);
+        if (!q || esc) return NULL;
+        out->type = 2;
+        out->s = (const char *)p + 1;
+        out->len = q - 1 - (p + 1);
+        return q;
+    }
+    if (*p == 'n') {
+        if (e - p >= 4 && memcmp(p, "null", 4) == 0) {
+            out->type = 1;
+            return p + 4;
+        }
+        return NULL;
+    }
+    if (*p == '-' || is_digit(*p)) {
+        cp_t q = skip_number(p, e);
+        if (!q) return NULL;
+        cp_t d = p + (*p == '-');
+        for (cp_t r = d; r < q; r++)
+            if (!is_digit(*r)) return NULL;
+        if (q - d > 18 || (*p == '-' && q - d == 1 && *d == '0')) return NULL;
+        out->type = 2;
+        out->s = (const char *)p;
+        out->len = q - p;
+        return q;
+    }
+    return NULL;
+}
+
+static int w_add_cut(Walk *w, cp_t s, cp_t e) {
+    if (w->ncuts == w->cutcap) {
+        int64_t cap = w->cutcap ? w->cutcap * 2 : 64;
+        int64_t *c = realloc(w->cuts, sizeof(int64_t) * 2 * (size_t)cap);
+        if (!c) {
+            w->oom = 1;
+            return 0;
+        }
+        w->cuts = c;
+        w->cutcap = cap;
+    }
+    w->cuts[2 * w->ncuts] = s - w->base;
+    w->cuts[2 * w->ncuts + 1] = e - w->base;
+    w->ncuts++;
+    return 1;
+}
+
+/* A "value":"..." / "timestamp":"..." pair as the template regex cuts it: the colon and the opening quote
+ * right after the key, a literal without structural characters. ks_end: the byte after the key's quote. */
+static void w_maybe_cut(Walk *w, cp_t ks_end, cp_t v, cp_t vend) {
+    if (!w->c->templates || ks_end[0] != ':' || ks_end + 1 != v || *v != '"') return;
+    for (cp_t r = v + 1; r < vend - 1; r++) {
+        unsigned char c = *r;
+        if (c == '{' || c == '}' || c == '[' || c == ']' || c == ',' || c <= 2) return;
+    }
+    w_add_cut(w, v + 1, vend - 1);
+}
+
+/* A sampled value's text as a number, exactly as a correctly rounded parse reads it: "-?D+(.D+)?" with at
+ * most 15 significant digits (an integer below 2^53 over a power of ten up to 1e22: one IEEE division,
+ * correctly rounded), and its count of fraction digits as written. 0 for any other text. */
+static int w_value_number(const char *s, int64_t n, double *out, int *decimals) {
+    static const double P10[] = {1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11,
+                                 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
+    const char *e = s + n, *p = s;
+    int neg = p < e && *p == '-';
+    p += neg;
+    uint64_t m = 0;
+    int sig = 0, frac = 0, digits = 0, dot = 0;
+    for (; p < e; p++) {
+        if (*p == '.') {
+            if (dot || digits == 0) return 0;
+            dot = 1;
+            continue;
+        }
+        if (*p < '0' || *p > '9') return 0;
+        digits++;
+        if (dot) frac++;
+        if (m || *p != '0') {
+            if (++sig > 15) return 0;
+            m = m * 10 + (uint64_t)(*p - '0');
+        }
+    }
+    if (digits == 0 || (dot && frac == 0) || frac > 22) return 0;
+    double v = (double)m / P10[frac];
+    *out = neg ? -v : v;
+    *decimals = frac;
+    return 1;
+}
+
+enum { R_ANY, R_TOP, R_PATH, R_MV_ELEM, R_SV_ELEM, R_UOM };
+
+typedef struct {
+    unsigned set; /* bit k: f[k] was read (a field not read is missing) */
+    WScalar f[WK_UOM + 1];
+} WSample; /* scratch for one meterValue / sampledValue */
+
+static inline const WScalar *ws_get(const WSample *s, int k) {
+    static const WScalar missing = {0, NULL, 0};
+    return (s->set >> k) & 1 ? &s->f[k] : &missing;
+}
+
+static inline WScalar *ws_put(WSample *s, int k) {
+    s->set |= 1u << k;
+    return &s->f[k];
+}
+
+static cp_t w_value(Walk *w, cp_t p, cp_t e, int depth, int role, unsigned paths, int seg, WSample *sv);
+
+/* The value of a key in one of the known places, or a generic value. */
+static cp_t w_object(Walk *w, cp_t p, cp_t e, int depth, int role, unsigned paths, int seg, WSample *sv) {
+    if (depth >= MAX_DEPTH) return NULL;
+    unsigned seen = 0; /* known keys seen in this object (repeats are not sure) */
+    unsigned path_seen = 0;
+    p = skip_ws(p + 1, e);
+    if (p < e && *p == '}') return p + 1;
+    for (;;) {
+        if (p >= e || *p != '"') return NULL;
+        cp_t ks;
+        int64_t kl;
+        cp_t q = w_key(p, e, &ks, &kl);
+        if (!q) return NULL;
+        cp_t key_end = q;
+        p = skip_ws(q, e);
+        if (p >= e || *p != ':') return NULL;
+        p = skip_ws(p + 1, e);
+        if (p >= e) return NULL;
+        int k = wk_key(ks, kl);
+        unsigned char c = *p;
+        /* the reference's textual guard, wherever the key is */
+        if (wk_scalar_key(k) && (c == '[' || c == '{')) return NULL;
+        if (k == WK_SAMPLED && c != '[' && c != 'n') return NULL;
+        if (k == WK_UOM && c != '{' && c != 'n') return NULL;
+        if (k != WK_OTHER) {
+            if (seen & (1u << k)) return NULL;
+            seen |= 1u << k;
+        }
+        if (w->c->anywhere) {
+            for (int i = 0; i < w->c->npaths; i++) {
+                if (kl == w->c->leaflen[i] && memcmp(ks, w->c->leaf[i], (size_t)kl) == 0) {
+                    if (role != R_TOP || w->leaf_seen[i]) return NULL;
+                    w->leaf_seen[i] = 1;
+                }
+            }
+        }
+        cp_t v = p;
+        /* paths through this object */
+        unsigned next = 0;
+        int leaf_hit = -1;
+        if (role == R_TOP || role == R_PATH) {
+            for (int i = 0; i < w->c->npaths; i++) {
+                if (!(paths & (1u << i))) continue;
+                /* segment seg of path i */
+                const char *s = w->c->path[i];
+                Py_ssize_t n = w->c->plen[i];
+                for (int j = 0; j < seg; j++) {
+                    const char *dot = memchr(s, '.', (size_t)n);
+                    n -= dot + 1 - s;
+                    s = dot + 1;
+                }
+                const char *dot = memchr(s, '.', (size_t)n);
+                Py_ssize_t sl = dot ? dot - s : n;
+                if (sl != kl || memcmp(s, ks, (size_t)kl) != 0) continue;
+                if (path_seen & (1u << i)) return NULL;
+                path_seen |= 1u << i;
+                if (dot) next |= 1u << i;
+                else if (leaf_hit >= 0) return NULL; /* two paths ending at one key */
+                else leaf_hit = i;
+            }
+        }
+        if (leaf_hit >= 0) {
+            if (next) return NULL;
+            p = w_scalar_path(p, e, &w->field[leaf_hit]);
+        } else if (next) {
+            if (c != '{') return NULL; /* a path through a non-object */
+            p = w_object(w, p, e, depth + 1, R_PATH, next, seg + 1, NULL);
+        } else if (role == R_TOP && w->c->mkey && kl == w->c->mklen && memcmp(ks, w->c->mkey, (size_t)kl) == 0) {
+            if (c == 'n') {
+                p = (e - p >= 4 && memcmp(p, "null", 4) == 0) ? p + 4 : NULL;
+            } else if (c == '[') {
+                /* the meter array: objects only */
+                if (depth + 1 >= MAX_DEPTH) return NULL;
+                p = skip_ws(p + 1, e);
+                if (p < e && *p == ']') {
+                    p++;
+                } else {
+                    for (;;) {
+                        if (p >= e || *p != '{') return NULL;
+                        WSample mv;
+                        mv.set = 0;
+                        int64_t first = w->scol[S_ROW].n;
+                        p = w_object(w, p, e, depth + 2, R_MV_ELEM, 0, 0, &mv);
+                        if (!p) return NULL;
+                        /* the meterValue's time, for its samples */
+                        const WScalar *t = ws_get(&mv, WK_TIMESTAMP);
+                        if (t->type == 2) {
+                            int64_t us;
+                            if (!iso_us_zone((cp_t)t->s, t->len, &us, 1)) return NULL;
+                            for (int64_t r = first; r < w->scol[S_TS].n; r++) w->scol[S_TS].i64[r] = us;
+                        } else {
+                            Col *tc = &w->scol[S_TS];
+                            for (int64_t r = first; r < tc->n; r++) {
+                                tc->valid[r >> 3] &= (uint8_t)~(1u << (r & 7));
+                                tc->nulls++;
+                            }
+                        }
+                        p = skip_ws(p, e);
+                        if (p >= e) return NULL;
+                        if (*p == ']') {
+                            p++;
+                            break;
+                        }
+                        if (*p != ',') return NULL;
+                        p = skip_ws(p + 1, e);
+                    }
+                }
+            } else {
+                return NULL;
+            }
+        } else if (role == R_MV_ELEM && k == WK_TIMESTAMP) {
+            if (c != '"' && c != 'n') return NULL;
+            p = w_scalar_decoded(w, p, e, ws_put(sv, WK_TIMESTAMP));
+        } else if (role == R_MV_ELEM && k == WK_SAMPLED) {
+            if (c == 'n') {
+                p = (e - p >= 4 && memcmp(p, "null", 4) == 0) ? p + 4 : NULL;
+            } else {
+                p = skip_ws(p + 1, e);
+                if (p < e && *p == ']') {
+                    p++;
+                } else {
+                    for (;;) {
+                        if (p >= e || *p != '{') return NULL;
+                        WSample one;
+                        one.set = 0;
+                        p = w_object(w, p, e, depth + 2, R_SV_ELEM, 0, 0, &one);
+                        if (!p) return NULL;
+                        /* one sample row (its time is set when the meterValue closes) */
+                        const WScalar *unit = ws_get(&one, WK_UNIT)->type == 2 ? ws_get(&one, WK_UNIT) : ws_get(&one, WK_UOM);
+                        int ok = col_i64(&w->scol[S_ROW], w->row) && col_i64(&w->scol[S_TS], 0);
+                        static const int map[][2] = {{S_MEASURAND, WK_MEASURAND}, {S_PHASE, WK_PHASE},
+                                                     {S_MULT, WK_MULTIPLIER}, {S_CONTEXT, WK_CONTEXT},
+                                                     {S_LOCATION, WK_LOCATION}, {S_VALUE, WK_VALUE}};
+                        for (int i = 0; i < 6 && ok; i++) {
+                            const WScalar *f = ws_get(&one, map[i][1]);
+                            ok = f->type == 2 ? col_str(&w->scol[map[i][0]], f->s, f->len) : col_null(&w->scol[map[i][0]]);
+                        }
+                        if (ok) ok = unit->type == 2 ? col_str(&w->scol[S_UNIT], unit->s, unit->len) : col_null(&w->scol[S_UNIT]);
+                        const WScalar *val = ws_get(&one, WK_VALUE);
+                        if (ok && val->type == 2) {
+                            double num;
+                            int dec;
+                            if (!w_value_number(val->s, val->len, &num, &dec)) return NULL; /* text Polars reads */
+                            ok = col_f64(&w->scol[S_NUM], num) && col_i8(&w->scol[S_DEC], (int8_t)dec);
+                        } else if (ok) {
+                            ok = col_null(&w->scol[S_NUM]) && col_i8(&w->scol[S_DEC], 0);
+                        }
+                        if (!ok) {
+                            w->oom = 1;
+                            return NULL;
+                        }
+                        p = skip_ws(p, e);
+                        if (p >= e) return NULL;
+                        if (*p == ']') {
+                            p++;
+                            break;
+                        }
+                        if (*p != ',') return NULL;
+                        p = skip_ws(p + 1, e);
+                    }
+                }
+            }
+        } else if (role == R_SV_ELEM && wk_scalar_key(k) && k != WK_TIMESTAMP && k != WK_MULTIPLIER) {
+            p = w_scalar_decoded(w, p, e, ws_put(sv, k));
+        } else if (role == R_SV_ELEM && k == WK_UOM) {
+            if (c == 'n') {
+                p = (e - p >= 4 && memcmp(p, "null", 4) == 0) ? p + 4 : NULL;
+            } else {
+                WSample u;
+                u.set = 0;
+                p = w_object(w, p, e, depth + 1, R_UOM, 0, 0, &u);
+                /* unitOfMeasure.unit stands in the WK_UOM slot, its multiplier in WK_MULTIPLIER */
+                if (p) {
+                    *ws_put(sv, WK_UOM) = *ws_get(&u, WK_UNIT);
+                    *ws_put(sv, WK_MULTIPLIER) = *ws_get(&u, WK_MULTIPLIER);
+                }
+            }
+        } else if (role == R_UOM && (k == WK_UNIT || k == WK_MULTIPLIER)) {
+            p = w_scalar_decoded(w, p, e, ws_put(sv, k));
+        } else {
+            p = w_value(w, p, e, depth + 1, R_ANY, 0, 0, NULL);
+        }
+        if (!p) return NULL;
+        if (k == WK_VALUE || k == WK_TIMESTAMP) w_maybe_cut(w, key_end, v, p);
+        if (k == WK_TIMESTAMP && c == '"' && !w->stamp) {
+            w->stamp = v + 1;
+            w->stamp_len = p - 1 - (v + 1);
+        }
+        if (c == 't' && kl == 7 && memcmp(ks, "offline", 7) == 0) w->offline = 1;
+        p = skip_ws(p, e);
+        if (p >= e) return NULL;
+        if (*p == '}') return p + 1;
+        if (*p != ',') return NULL;
+        p = skip_ws(p + 1, e);
+    }
+}
+
+/* Any value, checked as the reference's guard would see it. */
+static cp_t w_value(Walk *w, cp_t p, cp_t e, int depth, int role, unsigned paths, int seg, WSample *sv) {
+    if (p >= e) return NULL;
+    switch (*p) {
+    case '{':
+        return w_object(w, p, e, depth, role, paths, seg, sv);
+    case '[': {
+        if (depth >= MAX_DEPTH) return NULL;
+        int had_object = 0;
+        p = skip_ws(p + 1, e);
+        if (p < e && *p == ']') return p + 1;
+        for (;;) {
+            if (p >= e) return NULL;
+            if (*p == '{') had_object = 1;
+            else if (had_object) return NULL; /* an object, then something else: the guard's territory */
+            p = w_value(w, p, e, depth + 1, R_ANY, 0, 0, NULL);
+            if (!p) return NULL;
+            p = skip_ws(p, e);
+            if (p >= e) return NULL;
+            if (*p == ']') return p + 1;
+            if (*p != ',') return NULL;
+            p = skip_ws(p + 1, e);
+        }
+    }
+    case '"': {
+        int esc = 0;
+        cp_t q = skip_string(p, e, &esc);
+        return (q && !esc) ? q : NULL;
+    }
+    default:
+        return skip_value(p, e, depth);
+    }
+}
+
+static inline uint64_t w_mix(uint64_t h, uint64_t v) {
+    h ^= v;
+    h *= 0x9E3779B97F4A7C15ull;
+    h ^= h >> 32;
+    return h;
+}
+
+/* 64-bit key of the template text (the payload with its cut literals replaced by a marker byte). */
+static int w_template_key(Walk *w, cp_t s, int64_t len, int64_t *out) {
+    if (w->scap < len + 16) {
+        int64_t cap = (len + 16) * 2;
+        char *b = realloc(w->scratch, (size_t)cap);
+        if (!b) return 0;
+        w->scratch = b;
+        w->scap = cap;
+    }
+    char *o = w->scratch;
+    int64_t at = 0;
+    for (int64_t i = 0; i < w->ncuts; i++) {
+        int64_t cs = w->cuts[2 * i], ce = w->cuts[2 * i + 1];
+        memcpy(o, s + at, (size_t)(cs - at));
+        o += cs - at;
+        *o++ = '\x01';
+        at = ce;
+    }
+    memcpy(o, s + at, (size_t)(len - at));
+    o += len - at;
+    int64_t n = o - w->scratch;
+    uint64_t h = 0x243F6A8885A308D3ull ^ (uint64_t)n;
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t v;
+        memcpy(&v, w->scratch + i, 8);
+        h = w_mix(h, v);
+    }
+    uint64_t tail = 0;
+    memcpy(&tail, w->scratch + i, (size_t)(n - i));
+    h = w_mix(h, tail ^ ((uint64_t)(n - i) << 56));
+    h = w_mix(h, (uint64_t)n);
+    *out = (int64_t)h;
+    return 1;
+}
+
+typedef struct {
+    int64_t n, dlen, nulls;
+} ColMark;
+
+static void col_mark(Col *c, ColMark *m) {
+    m->n = c->n;
+    m->dlen = c->dlen;
+    m->nulls = c->nulls;
+}
+
+/* Drop the rows added since the mark (their validity bits cleared for the rows that come next). */
+static void col_back(Col *c, const ColMark *m) {
+    for (int64_t r = m->n; r < c->n; r++) c->valid[r >> 3] &= (uint8_t)~(1u << (r & 7));
+    c->n = m->n;
+    c->dlen = m->dlen;
+    c->nulls = m->nulls;
+}
+
+/* The rows' fields of the configurations other than the current one: null. */
+static int w_other_fields(Walk *w) {
+    for (int k = 0; k < w->ncfg; k++) {
+        if (&w->cfg[k] == w->c) continue;
+        for (int i = 0; i < w->cfg[k].npaths; i++)
+            if (!col_null(&w->fields[k][i])) return 0;
+    }
+    return 1;
+}
+
+/* One payload: 1 sure, 0 not sure, -1 out of memory. */
+static int w_payload(Walk *w, cp_t s, int64_t len) {
+    const WCfg *cf = w->c;
+    Col *fields = w->fields[cf - w->cfg];
+    if (!w_other_fields(w)) return -1;
+    ColMark marks[N_SCOLS];
+    for (int i = 0; i < N_SCOLS; i++) col_mark(&w->scol[i], &marks[i]);
+    memset(w->field, 0, sizeof(w->field));
+    memset(w->leaf_seen, 0, sizeof(w->leaf_seen));
+    w->ncuts = 0;
+    w->numused = 0;
+    w->stamp = NULL;
+    w->offline = 0;
+    w->base = s;
+    cp_t e = s + len, p = skip_ws(s, e);
+    int ok = p < e && *p == '{';
+    if (ok) {
+        unsigned all = cf->npaths ? (1u << cf->npaths) - 1 : 0;
+        p = w_object(w, p, e, 0, R_TOP, all, 0, NULL);
+        ok = p != NULL && skip_ws(p, e) == e;
+    }
+    int64_t stamp_us = 0;
+    if (ok && w->stamp && !iso_us_zone(w->stamp, w->stamp_len, &stamp_us, 1)) ok = 0; /* a time Polars reads */
+    int64_t key = 0;
+    if (ok && cf->templates && !w_template_key(w, s, len, &key)) return -1;
+    if (w->oom) return -1;
+    if (!ok) {
+        for (int i = 0; i < N_SCOLS; i++) col_back(&w->scol[i], &marks[i]);
+        if (!col_i8(&w->sure, 0)) return -1;
+        for (int i = 0; i < cf->npaths; i++)
+            if (!col_null(&fields[i])) return -1;
+        if (!col_null(&w->tkey)) return -1;
+        if (!col_null(&w->stamp_text) || !col_null(&w->stamp_us) || !col_i8(&w->offline_col, 0)) return -1;
+        return 0;
+    }
+    if (w->stamp) {
+        if (!col_str(&w->stamp_text, (const char *)w->stamp, w->stamp_len) || !col_i64(&w->stamp_us, stamp_us)) return -1;
+    } else if (!col_null(&w->stamp_text) || !col_null(&w->stamp_us)) {
+        return -1;
+    }
+    if (!col_i8(&w->offline_col, (int8_t)w->offline)) return -1;
+    if (!col_i8(&w->sure, 1)) return -1;
+    for (int i = 0; i < cf->npaths; i++) {
+        WScalar *f = &w->field[i];
+        if (!(f->type == 2 ? col_str(&fields[i], f->s, f->len) : col_null(&fields[i]))) return -1;
+    }
+    if (!(cf->templates ? col_i64(&w->tkey, key) : col_null(&w->tkey))) return -1;
+    return 1;
+}
+
+/* The payloads of one Arrow array ("vu" string view, "U" large string, "u" string): calls w_payload on
+ * each; a null payload is not sure. Returns 0 on out of memory. */
+static int w_array(Walk *w, const char *format, struct ArrowArray *a, const uint8_t *kinds) {
+    const uint8_t *valid = a->buffers[0];
+    for (int64_t i = 0; i < a->length; i++) {
+        w->c = &w->cfg[kinds ? kinds[w->row] : 0];
+        int64_t j = i + a->offset;
+        cp_t s = NULL;
+        int64_t len = 0;
+        int present = !valid || (valid[j >> 3] >> (j & 7)) & 1;
+        if (present) {
+            if (format[0] == 'v') {
+                const uint8_t *view = (const uint8_t *)a->buffers[1] + 16 * j;
+                int32_t n;
+                memcpy(&n, view, 4);
+                len = n;
+                if (n <= 12) {
+                    s = view + 4;
+                } else {
+                    int32_t bi, off;
+                    memcpy(&bi, view + 8, 4);
+                    memcpy(&off, view + 12, 4);
+                    s = (const uint8_t *)a->buffers[2 + bi] + off;
+                }
+            } else if (format[0] == 'U') {
+                const int64_t *o = a->buffers[1];
+                s = (const uint8_t *)a->buffers[2] + o[j];
+                len = o[j + 1] - o[j];
+            } else {
+                const int32_t *o = a->buffers[1];
+                s = (const uint8_t *)a->buffers[2] + o[j];
+                len = o[j + 1] - o[j];
+            }
+        }
+        int r;
+        if (present) {
+            r = w_payload(w, s, len);
+        } else {
+            r = col_i8(&w->sure, 0) && w_other_fields(w) ? 0 : -1;
+            for (int k = 0; k < w->c->npaths && r >= 0; k++)
+                if (!col_null(&w->fields[w->c - w->cfg][k])) r = -1;
+            if (r >= 0 && !col_null(&w->tkey)) r = -1;
+            if (r >= 0 && (!col_null(&w->stamp_text) || !col_null(&w->stamp_us) || !col_i8(&w->offline_col, 0))) r = -1;
+        }
+        if (r < 0) return 0;
+        w->row++;
+    }
+    return 1;
+}
+
+struct ArrowArrayStream {
+    int (*get_schema)(struct ArrowArrayStream *, struct ArrowSchema *);
+    int (*get_next)(struct ArrowArrayStream *, struct ArrowArray *);
+    const char *(*get_last_error)(struct ArrowArrayStream *);
+    void (*release)(struct ArrowArrayStream *);
+    void *private_data;
+};
+
+static void walk_free(Walk *w) {
+    col_free(&w->sure);
+    col_free(&w->tkey);
+    col_free(&w->stamp_text);
+    col_free(&w->stamp_us);
+    col_free(&w->offline_col);
+    for (int k = 0; k < W_MAX_CFG; k++)
+        for (int i = 0; i < W_MAX_PATHS; i++) col_free(&w->fields[k][i]);
+    for (int i = 0; i < N_SCOLS; i++) col_free(&w->scol[i]);
+    free(w->cuts);
+    free(w->scratch);
+}
+
+/* One configuration from (meter_key, paths, anywhere, templates). */
+static int w_config(WCfg *c, PyObject *t) {
+    PyObject *mkey, *paths;
+    int anywhere, templates;
+    if (!PyTuple_Check(t) || !PyArg_ParseTuple(t, "OO!pp", &mkey, &PyTuple_Type, &paths, &anywhere, &templates)) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "a configuration: (meter_key, paths, anywhere, templates)");
+        return 0;
+    }
+    if (mkey != Py_None) {
+        if (!PyBytes_Check(mkey)) {
+            PyErr_SetString(PyExc_TypeError, "meter_key: bytes or None");
+            return 0;
+        }
+        c->mkey = PyBytes_AS_STRING(mkey);
+        c->mklen = PyBytes_GET_SIZE(mkey);
+    }
+    c->npaths = (int)PyTuple_GET_SIZE(paths);
+    if (c->npaths > W_MAX_PATHS) {
+        PyErr_SetString(PyExc_ValueError, "paths: at most 10");
+        return 0;
+    }
+    for (int i = 0; i < c->npaths; i++) {
+        PyObject *p = PyTuple_GET_ITEM(paths, i);
+        if (!PyBytes_Check(p) || PyBytes_GET_SIZE(p) == 0) {
+            PyErr_SetString(PyExc_TypeError, "paths: non-empty bytes");
+            return 0;
+        }
+        c->path[i] = PyBytes_AS_STRING(p);
+        c->plen[i] = PyBytes_GET_SIZE(p);
+        const char *dot = NULL;
+        for (const char *q = c->path[i]; q < c->path[i] + c->plen[i]; q++)
+            if (*q == '.') dot = q;
+        c->leaf[i] = dot ? dot + 1 : c->path[i];
+        c->leaflen[i] = c->plen[i] - (c->leaf[i] - c->path[i]);
+        if (anywhere && dot) {
+            PyErr_SetString(PyExc_ValueError, "anywhere: single keys only");
+            return 0;
+        }
+    }
+    c->anywhere = anywhere;
+    c->templates = templates;
+    return 1;
+}
+
+static PyObject *walk_payloads(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *stream_cap, *kinds_obj, *configs;
+    if (!PyArg_ParseTuple(args, "OOO!", &stream_cap, &kinds_obj, &PyTuple_Type, &configs)) return NULL;
+    struct ArrowArrayStream *st = PyCapsule_GetPointer(stream_cap, "arrow_array_stream");
+    if (!st) return NULL;
+    Walk *w = calloc(1, sizeof(Walk));
+    if (!w) return PyErr_NoMemory();
+    PyObject *out = NULL;
+    struct ArrowArray *arrays = NULL;
+    int64_t narrays = 0, rows = 0;
+    struct ArrowSchema schema;
+    memset(&schema, 0, sizeof(schema));
+    Py_buffer kinds;
+    int have_kinds = 0, meters = 0;
+    w->ncfg = (int)PyTuple_GET_SIZE(configs);
+    if (w->ncfg < 1 || w->ncfg > W_MAX_CFG) {
+        PyErr_SetString(PyExc_ValueError, "configs: 1 to 4");
+        goto done;
+    }
+    for (int k = 0; k < w->ncfg; k++) {
+        if (!w_config(&w->cfg[k], PyTuple_GET_ITEM(configs, k))) goto done;
+        meters |= w->cfg[k].mkey != NULL;
+    }
+    if (kinds_obj != Py_None) {
+        if (PyObject_GetBuffer(kinds_obj, &kinds, PyBUF_SIMPLE) < 0) goto done;
+        have_kinds = 1;
+    }
+    if (st->get_schema(st, &schema) != 0) {
+        PyErr_SetString(PyExc_ValueError, "walk_payloads: the stream gave no schema");
+        goto done;
+    }
+    char format[3] = {0};
+    strncpy(format, schema.format, 2);
+    if (strcmp(format, "vu") != 0 && strcmp(format, "U") != 0 && strcmp(format, "u") != 0) {
+        PyErr_Format(PyExc_ValueError, "walk_payloads: a string column expected (Arrow format %s)", schema.format);
+        goto done;
+    }
+    for (;;) {
+        struct ArrowArray a;
+        memset(&a, 0, sizeof(a));
+        if (st->get_next(st, &a) != 0) {
+            PyErr_SetString(PyExc_ValueError, "walk_payloads: the stream failed");
+            goto done;
+        }
+        if (!a.release) break;
+        struct ArrowArray *grown = realloc(arrays, sizeof(*arrays) * (size_t)(narrays + 1));
+        if (!grown) {
+            a.release(&a);
+            PyErr_NoMemory();
+            goto done;
+        }
+        arrays = grown;
+        arrays[narrays++] = a;
+        rows += a.length;
+    }
+    if (have_kinds) {
+        if (kinds.len != rows) {
+            PyErr_SetString(PyExc_ValueError, "kinds: one byte per payload");
+            goto done;
+        }
+        for (int64_t i = 0; i < rows; i++)
+            if (((const uint8_t *)kinds.buf)[i] >= w->ncfg) {
+                PyErr_SetString(PyExc_ValueError, "kinds: a configuration number");
+                goto done;
+            }
+    }
+    int ok = col_init(&w->sure, K_I8, rows, 0) && col_init(&w->tkey, K_I64, rows, 0) &&
+             col_init(&w->stamp_text, K_UTF8, rows, rows * 24) && col_init(&w->stamp_us, K_I64, rows, 0) &&
+             col_init(&w->offline_col, K_I8, rows, 0);
+    for (int k = 0; k < w->ncfg; k++)
+        for (int i = 0; i < w->cfg[k].npaths && ok; i++) ok = col_init(&w->fields[k][i], K_UTF8, rows, rows * 8);
+    int64_t srows = meters ? rows * 4 : 16;
+    for (int i = 0; i < N_SCOLS && ok; i++)
+        ok = col_init(&w->scol[i], i == S_ROW || i == S_TS ? K_I64 : i == S_NUM ? K_F64 : i == S_DEC ? K_I8 : K_UTF8,
+                      srows, srows * 8);
+    if (!ok) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    const uint8_t *kp = have_kinds ? (const uint8_t *)kinds.buf : NULL;
+    Py_BEGIN_ALLOW_THREADS
+    for (int64_t i = 0; i < narrays && ok; i++) ok = w_array(w, format, &arrays[i], kp);
+    Py_END_ALLOW_THREADS
+    if (!ok) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    PyObject *fields = PyTuple_New(w->ncfg), *samples = NULL, *sure = NULL, *tkey = NULL, *stamps = NULL;
+    if (!fields) goto done;
+    for (int k = 0; k < w->ncfg; k++) {
+        PyObject *group = PyTuple_New(w->cfg[k].npaths);
+        if (!group) {
+            Py_DECREF(fields);
+            goto done;
+        }
+        PyTuple_SET_ITEM(fields, k, group);
+        for (int i = 0; i < w->cfg[k].npaths; i++) {
+            PyObject *pair = export_col(&w->fields[k][i], "field");
+            if (!pair) {
+                Py_DECREF(fields);
+                goto done;
+            }
+            PyTuple_SET_ITEM(group, i, pair);
+        }
+    }
+    sure = export_col(&w->sure, "sure");
+    tkey = sure ? export_col(&w->tkey, "key") : NULL;
+    if (meters) {
+        samples = PyDict_New();
+        for (int i = 0; i < N_SCOLS && samples; i++) {
+            PyObject *pair = export_col(&w->scol[i], SCOL_NAMES[i]);
+            if (!pair || PyDict_SetItemString(samples, SCOL_NAMES[i], pair) < 0) {
+                Py_XDECREF(pair);
+                Py_CLEAR(samples);
+                break;
+            }
+            Py_DECREF(pair);
+        }
+    } else {
+        Py_INCREF(Py_None);
+        samples = Py_None;
+    }
+    stamps = PyTuple_New(3);
+    if (stamps) {
+        PyObject *a = export_col(&w->stamp_text, "stamp_text"), *b = a ? export_col(&w->stamp_us, "stamp") : NULL;
+        PyObject *c = b ? export_col(&w->offline_col, "offline") : NULL;
+        if (!c) {
+            Py_XDECREF(a);
+            Py_XDECREF(b);
+            Py_CLEAR(stamps);
+        } else {
+            PyTuple_SET_ITEM(stamps, 0, a);
+            PyTuple_SET_ITEM(stamps, 1, b);
+            PyTuple_SET_ITEM(stamps, 2, c);
+        }
+    }
+    if (sure && tkey && samples && stamps) out = PyTuple_Pack(5, sure, fields, samples, tkey, stamps);
+    Py_XDECREF(stamps);
+    Py_XDECREF(sure);
+    Py_DECREF(fields);
+    Py_XDECREF(samples);
+    Py_XDECREF(tkey);
+done:
+    if (have_kinds) PyBuffer_Release(&kinds);
+    for (int64_t i = 0; i < narrays; i++)
+        if (arrays[i].release) arrays[i].release(&arrays[i]);
+    free(arrays);
+    if (schema.release) schema.release(&schema);
+    walk_free(w);
+    free(w);
+    return out;
+}
+
 static PyMethodDef METHODS[] = {
+    {"walk_payloads", walk_payloads, METH_VARARGS,
+     "walk_payloads(stream, kinds, configs) -> (sure, fields, samples, template_keys, stamps)\n\n"
+     "Read OCPP payloads (an Arrow string stream capsule) for the analysis; see the C source."},
     {"count_lines", count_lines, METH_VARARGS, "count_lines(buffer) -> number of newline bytes"},
     {"split_jsonl", split_jsonl, METH_VARARGS,
      "split_jsonl(chunk, keys, first_line) -> (columns, slow_lines, lines)\n\n"

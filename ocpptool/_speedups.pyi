@@ -1,4 +1,4 @@
-"""Type stubs for the compiled JSON-lines splitter (ocpptool/_speedups.c)."""
+"""Type stubs for the compiled JSON-lines splitter and payload walker (ocpptool/_speedups.c)."""
 
 _Buffer = bytes | bytearray | memoryview
 
@@ -6,3 +6,14 @@ def split_jsonl(
     chunk: _Buffer, keys: tuple[bytes | None, ...], first_line: int
 ) -> tuple[dict[str, tuple[object, object]], list[tuple[int, int, int]], int]: ...
 def count_lines(buffer: _Buffer) -> int: ...
+def walk_payloads(
+    stream: object,
+    kinds: _Buffer | None,
+    configs: tuple[tuple[bytes | None, tuple[bytes, ...], bool, bool], ...],
+) -> tuple[
+    tuple[object, object],
+    tuple[tuple[tuple[object, object], ...], ...],
+    dict[str, tuple[object, object]] | None,
+    tuple[object, object],
+    tuple[tuple[object, object], tuple[object, object], tuple[object, object]],
+]: ...

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import polars as pl
 
 from ..tables.schemas import TS
+from .walk import Config, Walked, walk
 
 TRANSACTIONS: dict[str, pl.DataType] = {
     "charge_point_id": pl.String(),
@@ -297,24 +298,34 @@ def _explode_values(frame: pl.LazyFrame) -> pl.LazyFrame:
     )
 
 
+def _sample_fields(measurand: pl.Expr, phase: pl.Expr, unit: pl.Expr, multiplier: pl.Expr, context: pl.Expr,
+                   location: pl.Expr, value: pl.Expr) -> dict[str, pl.Expr]:
+    """A sampled value's columns with the OCPP 1.6 defaults, from its fields as json_decode reads them (``unit``:
+    the 1.6 unit, else unitOfMeasure.unit; ``multiplier``: its text; ``_value``: the value's text)."""
+    unit = pl.coalesce(unit, pl.lit("Wh"))
+    return dict(
+        measurand=pl.coalesce(measurand, pl.lit(ENERGY_REGISTER)),
+        phase=phase,
+        unit=unit,
+        context=pl.coalesce(context, pl.lit("Sample.Periodic")),
+        location=pl.coalesce(location, pl.lit("Outlet")),
+        _value=value,
+        _scale=pl.when(unit.is_in(KILO_UNITS)).then(1000.0).otherwise(1.0)
+        * pl.lit(10.0).pow(multiplier.cast(pl.Float64, strict=False).fill_null(0.0)),
+    )
+
+
 def _explode_samples(frame: pl.LazyFrame) -> pl.LazyFrame:
     """One row per sampledValue, its fields read with the OCPP 1.6 defaults (``_value``: the value's text)."""
     sv = pl.col("sv")
-    unit = pl.coalesce(sv.struct.field("unit"), sv.struct.field("unitOfMeasure").struct.field("unit"), pl.lit("Wh"))
-    multiplier = sv.struct.field("unitOfMeasure").struct.field("multiplier").cast(pl.Float64, strict=False)
+    f = sv.struct.field
     return (
         frame.explode("sv")
         .filter(sv.is_not_null())
-        .with_columns(
-            measurand=pl.coalesce(sv.struct.field("measurand"), pl.lit(ENERGY_REGISTER)),
-            phase=sv.struct.field("phase"),
-            unit=unit,
-            context=pl.coalesce(sv.struct.field("context"), pl.lit("Sample.Periodic")),
-            location=pl.coalesce(sv.struct.field("location"), pl.lit("Outlet")),
-            _value=sv.struct.field("value"),
-            _scale=pl.when(unit.is_in(KILO_UNITS)).then(1000.0).otherwise(1.0)
-            * pl.lit(10.0).pow(multiplier.fill_null(0.0)),
-        )
+        .with_columns(**_sample_fields(
+            f("measurand"), f("phase"), pl.coalesce(f("unit"), f("unitOfMeasure").struct.field("unit")),
+            f("unitOfMeasure").struct.field("multiplier"), f("context"), f("location"), f("value"),
+        ))  # fmt: skip
         .drop("sv")
     )
 
@@ -323,18 +334,21 @@ _SAMPLE_COLUMNS = ["idx", "charge_point_id", "conn", "connector_id", "transactio
                    "phase", "unit", "context", "location", "raw_value", "value", "source_action", "resolution"]
 
 
-def _finish_samples(frame: pl.LazyFrame) -> pl.LazyFrame:
-    """``_value`` text and ``_scale`` -> raw_value, value (normalised) and resolution; the output columns."""
-    raw = pl.col("_value").str.strip_chars()
-    decimals = pl.col("raw_value").str.extract(r"^[-+]?\d*\.(\d+)$", 1).str.len_chars().fill_null(0)
-    return (
-        frame.with_columns(raw_value=raw)
-        .with_columns(
-            value=(pl.col("raw_value").cast(pl.Float64, strict=False) * pl.col("_scale")).round(6),
-            resolution=pl.lit(10.0).pow(-decimals.cast(pl.Float64)) * pl.col("_scale"),
-        )
-        .select("_row", *_SAMPLE_COLUMNS)
-    )
+def _finish_samples(frame: pl.LazyFrame, parsed: bool = False) -> pl.LazyFrame:
+    """``_value`` text and ``_scale`` -> raw_value, value (normalised) and resolution; the output columns.
+
+    ``parsed``: the compiled walker read the text already (``_number``, ``_decimals``; its text needs no strip)."""
+    if parsed:
+        number, decimals = pl.col("_number"), pl.col("_decimals")
+        frame = frame.with_columns(raw_value="_value")
+    else:
+        number = pl.col("raw_value").cast(pl.Float64, strict=False)
+        decimals = pl.col("raw_value").str.extract(r"^[-+]?\d*\.(\d+)$", 1).str.len_chars().fill_null(0)
+        frame = frame.with_columns(raw_value=pl.col("_value").str.strip_chars())
+    return frame.with_columns(
+        value=(number * pl.col("_scale")).round(6),
+        resolution=pl.lit(10.0).pow(-decimals.cast(pl.Float64)) * pl.col("_scale"),
+    ).select("_row", *_SAMPLE_COLUMNS)
 
 
 def _meter_values_samples(rows: pl.LazyFrame, keep_templates: dict | None = None,
@@ -483,6 +497,134 @@ def _raw_samples(messages: pl.LazyFrame, keep_templates: dict | None = None,
         calls.filter(action == "MeterValues").select(*cols, source_action=action, payload="payload"), keep_templates,
         others,
     ).drop("_row")
+
+
+_MV_IDS = {"_c1": "connectorId", "_c2": "evseId", "_tid": "transactionId"}  # MeterValues' top-level ids
+_TE_WALKED = {name: path.removeprefix("$.") for name, path in TE_PATHS.items() if name != "_te_mv"}
+# how the compiled walker reads each meter-bearing action (a row's kind)
+_KINDS = {"MeterValues": 0, "StopTransaction": 1, "TransactionEvent": 2}
+_CONFIGS = [
+    Config("meterValue", tuple(_MV_IDS.items()), anywhere=True, templates=True),
+    Config("transactionData", (("_stop_tid", "transactionId"),)),
+    Config("meterValue", tuple(_TE_WALKED.items())),
+]
+
+
+@dataclass
+class Walks:
+    """The compiled walker's reading of the CALL payloads (:mod:`.walk`), done once for the derived tables and
+    the time detectors. Row frames (``_row``: position, ``idx``, ``charge_point_id``, ``conn``, ``ts``,
+    ``action``, ``payload``, ``_charger``: sent by the charger, ``_kind``) and what the walker read from each:
+    the MeterValues, StopTransaction and TransactionEvent CALLs in message order (``calls``), and the other
+    charger CALLs whose payload names a timestamp (``other``, for the time detectors only)."""
+
+    calls: pl.DataFrame
+    other: pl.DataFrame
+    w: Walked
+    w_other: Walked
+
+    def stamps(self) -> pl.LazyFrame:
+        """The time detectors' stamped rows (charger CALLs with an observed ts and a payload timestamp: ``idx``,
+        ``ts``, ``conn``, ``charge_point_id``, ``action``, ``text``, ``offset_s``, ``offline``), in message
+        order; payloads the walker left are read by the detectors' own expressions."""
+        from .time import seconds, stamped_rows
+
+        parts, left = [], []
+        for rows, w in ((self.calls, self.w), (self.other, self.w_other)):
+            both = rows.hstack(w.stamps).with_columns(_sure=w.sure)
+            keep = pl.col("_charger") & pl.col("ts").is_not_null()
+            parts.append(both.filter(keep & pl.col("_sure") & pl.col("stamp").is_not_null()).select(
+                "idx", "ts", "conn", "charge_point_id", "action", text="stamp_text",
+                offset_s=seconds(pl.col("stamp") - pl.col("ts")), offline="offline",
+            ))  # fmt: skip
+            left.append(both.filter(keep & ~pl.col("_sure")).select("idx", "ts", "conn", "charge_point_id", "action", "payload"))
+        rest = pl.concat(left)
+        if rest.height:
+            parts.append(stamped_rows(rest.lazy()).collect())
+        return unkeyed(pl.concat(parts).sort("idx").lazy()).collect().lazy()
+
+
+def walk_calls(messages: pl.LazyFrame) -> Walks:
+    """Walk the CALL payloads the analysis reads (see :class:`Walks`), on two threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .time import from_charger
+
+    action = pl.col("action")
+    cols = ("idx", "charge_point_id", "conn", "ts", "action", "payload")
+    calls, other = pl.collect_all([
+        messages.filter((pl.col("message_type") == "CALL") & action.is_in(list(_KINDS)))
+        .select(*cols, _charger=from_charger(), _kind=action.replace_strict(_KINDS, return_dtype=pl.UInt8))
+        .with_row_index("_row"),
+        messages.filter(from_charger(), ~action.is_in(list(_KINDS)), pl.col("ts").is_not_null(),
+                        pl.col("payload").str.contains('"timestamp"', literal=True))
+        .select(*cols, _charger=pl.lit(True)),
+    ])  # fmt: skip
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        w_other = pool.submit(walk, other["payload"], [Config()])
+        w = walk(calls["payload"], _CONFIGS, calls["_kind"], pool=pool)
+        return Walks(calls, other, w, w_other.result())
+
+
+def _raw_samples_compiled(walks: Walks, keep: dict) -> pl.DataFrame:
+    """:func:`_raw_samples` from the compiled walker's reading of the payloads it is sure of, and the Polars
+    expressions for the rest: the same rows, collected. Also keeps ``meter_ids``, ``meter_templates``
+    (``idx``, ``key``, ``template``: the payload cut as :func:`_meter_values_samples` cuts it) and ``events``
+    (the TransactionEvent fields) in ``keep``."""
+    w = walks.w
+    calls = walks.calls.hstack([*w.fields[0], *w.fields[1], *w.fields[2]]).with_columns(_sure=w.sure, _key=w.keys)
+    kind = pl.col("_kind")
+    cols = ("_row", "idx", "charge_point_id", "conn", "ts")
+    # per-message columns, gathered onto their samples
+    rows = calls.select(
+        *cols, source_action="action",
+        connector_id=pl.when(kind == 0).then(pl.coalesce(pl.col("_c1").cast(pl.Int64, strict=False),
+                                                         pl.col("_c2").cast(pl.Int64, strict=False)))
+        .when(kind == 2).then(_as_int(pl.col("_te_evse"))),
+        transaction_id=pl.coalesce("_tid", "_stop_tid", "_te_tid"),
+    )  # fmt: skip
+    s = w.samples
+    assert s is not None
+    finished = [_finish_samples(rows[s["row"]].hstack(s.select(
+        "sample_ts", _number="number", _decimals="decimals", **_sample_fields(*(pl.col(c) for c in (
+            "measurand", "phase", "unit", "multiplier", "context", "location", "value")))
+    )).lazy(), parsed=True).collect()]  # fmt: skip
+
+    # the payloads the walker left: the Polars reference
+    mv = calls.filter(kind == 0)
+    te_fields = calls.filter(kind == 2).select("idx", *_TE_WALKED, _te_mv=pl.lit(None, pl.String))
+    mv_ids = rows.filter(calls["_kind"] == 0).select("idx", "connector_id", "transaction_id", events_id="transaction_id")
+    left = calls.filter(~pl.col("_sure"))
+    if left.height:
+        mv_left = left.filter(kind == 0)
+        if mv_left.height:
+            finished.append(_whole_meter_values_samples(
+                mv_left.select(*cols, source_action="action", payload="payload").lazy()).collect())
+            mv_ids = mv_ids.update(mv_left.select(
+                "idx", connector_id=_mv_connector("payload"), transaction_id=_top_scalar("transactionId"),
+                events_id=_top_scalar("transactionId", number=_STRICT_NUMBER),
+            ), on="idx", include_nulls=True)  # fmt: skip
+        te_left = left.filter(kind == 2)
+        if te_left.height:
+            te_fields = te_fields.update(
+                te_left.select("idx", **{name: _j(path) for name, path in TE_PATHS.items()}), on="idx", include_nulls=True
+            )
+        others = left.filter(kind != 0).select(*cols, "action", "payload")
+        if others.height:
+            finished.append(_finish_samples(_others(others.lazy(), te_fields, others.lazy())).collect())
+        finished = [pl.concat(finished).sort("_row", maintain_order=True)]
+    samples = finished[0]
+
+    # MeterValues ids (references, events per transaction) and templates (the schema check's classes)
+    keep["meter_ids"] = mv_ids
+    templated = mv.filter(pl.col("_sure")).select("idx", "payload", key="_key")
+    template = pl.col("payload")
+    for key, mark in _CUTS.items():
+        template = template.str.replace_all(f'"{key}":{_STRING}', f'"{key}":"{mark}"')
+    texts = templated.filter(pl.col("key").is_first_distinct()).select("key", template=template)
+    keep["meter_templates"] = templated.select("idx", "key").join(texts, on="key", how="left", maintain_order="left")
+    keep["events"] = te_fields.select("idx", *TE_PATHS)
+    return samples.drop("_row")
 
 
 def _others(calls: pl.LazyFrame, events: pl.DataFrame | None, messages: pl.LazyFrame) -> pl.LazyFrame:
@@ -676,7 +818,7 @@ def _conform(lf: pl.LazyFrame, schema: dict[str, pl.DataType]) -> pl.LazyFrame:
 
 
 def derive(messages: pl.LazyFrame, on_step: Callable[[str], None] | None = None,
-           events: Callable[[], pl.DataFrame] | None = None) -> Derived:
+           events: Callable[[], pl.DataFrame] | None = None, walks: Walks | None = None) -> Derived:
     """Build the transactions, meter_values and statuses tables (lazy) from the messages table.
 
     ``on_step(label)`` is called after each materialised step (timing). ``events()``: the
@@ -689,7 +831,11 @@ def derive(messages: pl.LazyFrame, on_step: Callable[[str], None] | None = None,
     kept: dict = {}
     if events is None:
         events = transaction_event_fields(messages).collect
-    sample_rows = _raw_samples(messages, kept, events).collect()
+    from .walk import available
+
+    if walks is None and available():
+        walks = walk_calls(messages)
+    sample_rows = _raw_samples_compiled(walks, kept) if walks is not None else _raw_samples(messages, kept, events).collect()
     te_fields: pl.DataFrame | None = kept["events"]
     samples = sample_rows.lazy()
     step("meter samples")

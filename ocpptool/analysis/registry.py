@@ -92,6 +92,7 @@ class AnalysisContext:
     meter_templates: pl.DataFrame | None = None  # derived.Derived.meter_templates (schema check)
     transaction_events: pl.DataFrame | None = None  # derived.transaction_event_fields, read once
     schema_classes: tuple | None = None  # schemas.untemplated_classes, computed on the second thread
+    stamps: pl.LazyFrame | None = None  # the time detectors' stamped rows, from the compiled walker (derived.Walks)
 
 
 @dataclass(frozen=True)
@@ -183,13 +184,14 @@ class _Timer:
 _USES_REFERENCES = {"unknown-transaction", "duplicate-transaction", "invalid-transaction-id", "event-after-end"}
 
 
-def _derive(tables: Tables, options: Options, timer: _Timer, events=None) -> tuple[AnalysisContext, object, tuple]:
+def _derive(tables: Tables, options: Options, timer: _Timer, events=None, walks=None,
+            stamps=None) -> tuple[AnalysisContext, object, tuple]:
     """The derived tables, materialised once (every detector reads them; re-deriving them per detector, a lazy
     plan per consumer, would parse the payloads many times over), on a context."""
     from .derived import derive
 
     msgs = tables.messages.lazy()
-    derived = derive(msgs, on_step=timer.step, events=events)
+    derived = derive(msgs, on_step=timer.step, events=events, walks=walks)
     transactions, meter_values, statuses = pl.collect_all(
         [derived.transactions, derived.meter_values, derived.statuses]
     )
@@ -206,6 +208,7 @@ def _derive(tables: Tables, options: Options, timer: _Timer, events=None) -> tup
         capture_end=ts.max(),
         meter_templates=derived.meter_templates,
         transaction_events=derived.transaction_events,
+        stamps=stamps,
     )
     return ctx, derived, (transactions, meter_values, statuses)
 
@@ -258,9 +261,20 @@ def run(tables: Tables, options: Options | None = None, *, only: list[str] | Non
     options = options or Options()
     chosen = [d for c, d in DETECTORS.items() if only is None or c in only]
     early = [] if timer.per_detector else [d for d in chosen if d.code in _MESSAGES_ONLY]
+    from .walk import available
+
+    walks = stamps = None
+    if available():  # the payloads read once, in C, for the derived tables and the time detectors
+        from .derived import keyed, walk_calls
+
+        walks = walk_calls(keyed(tables.messages.lazy()))
+        stamps = walks.stamps()
+        timer.step("payloads walked")
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending = events = None
-        if not timer.per_detector:  # the TransactionEvent fields first: the derived tables wait for them
+
+        # the TransactionEvent fields first: the derived tables wait for them (the compiled walker reads them itself)
+        if not timer.per_detector and not available():
             from .derived import transaction_event_fields
 
             events = pool.submit(transaction_event_fields(tables.messages.lazy()).collect).result
@@ -269,6 +283,7 @@ def run(tables: Tables, options: Options | None = None, *, only: list[str] | Non
             bare = AnalysisContext(
                 messages=tables.messages.lazy(), connections=tables.connections.lazy(), transactions=None,  # type: ignore[arg-type]
                 meter_values=None, statuses=None, options=options, capture_start=ts.min(), capture_end=ts.max(),  # type: ignore[arg-type]
+                stamps=stamps,
             )  # fmt: skip
             pending = pool.submit(pl.collect_all, [conform_findings(d.fn(bare), d) for d in early])
         schema = [d for d in chosen if d.code == "schema-violation" and not timer.per_detector]
@@ -276,7 +291,7 @@ def run(tables: Tables, options: Options | None = None, *, only: list[str] | Non
             from .schemas import untemplated_classes
 
             classes = pool.submit(untemplated_classes, tables.messages.lazy())
-        ctx, derived, (transactions, meter_values, statuses) = _derive(tables, options, timer, events)
+        ctx, derived, (transactions, meter_values, statuses) = _derive(tables, options, timer, events, walks, stamps)
         later = [d for d in chosen if d not in early and d not in schema]
         found = dict(zip(later, _collect(_plans(ctx, derived, later, timer), later, timer), strict=True))
         if schema:

@@ -280,7 +280,7 @@ def literals_free(version_dir: str, name: str, keys: tuple[str, ...]) -> bool:
     return walk(root)
 
 
-def _meter_values_keys(rows: pl.LazyFrame, meter_templates: pl.DataFrame) -> pl.LazyFrame:
+def _meter_values_keys(rows: pl.LazyFrame, meter_templates: pl.DataFrame, messages: pl.LazyFrame) -> pl.LazyFrame:
     """Class keys of MeterValues rows from their templates (see :mod:`.derived`): no text pass over them.
 
     A payload is its template with its literals (``"key":"escape-free string"``) put back. Every match of
@@ -292,7 +292,7 @@ def _meter_values_keys(rows: pl.LazyFrame, meter_templates: pl.DataFrame) -> pl.
     """
     templates = meter_templates.lazy()
     canonical_templates = (
-        templates.group_by("key").agg(pl.col("template").first())
+        templates.group_by("key").agg(pl.col("template").drop_nulls().first())
         .select("key", t=class_key(pl.col("template")))
     )
     # Where the schema does not look into these strings (every OCPP MeterValues schema: a sample's value is
@@ -312,6 +312,12 @@ def _meter_values_keys(rows: pl.LazyFrame, meter_templates: pl.DataFrame) -> pl.
     if len(free) == len(dirs):
         return plain
     rows = rows.filter(~pl.col("dir").is_in(free))
+    if "_lit_value" not in meter_templates.columns:  # templates keyed by the compiled walker: the literals
+        from .derived import _STRING
+
+        templates = templates.join(messages.select("idx", "payload"), on="idx").select(
+            "idx", "key", "template", **{f"_lit_{k}": pl.col("payload").str.extract_all(f'"{k}":{_STRING}') for k in _CUTS}
+        )
     e = pl.element()
     shape = (
         pl.when(e.str.contains(r'^"value":"[0-9]+(?:\.[0-9]+)?"$'))
@@ -393,12 +399,19 @@ def violations(
     """
     rows = _rows(messages) if prepared is None else prepared[0].lazy()
     if meter_templates is not None:
-        templated = _meter_values_keys(rows.filter(pl.col("action") == "MeterValues"), meter_templates)
+        templated = _meter_values_keys(rows.filter(pl.col("action") == "MeterValues"), meter_templates, messages)
         if prepared is None:
             rows_left = rows.join(meter_templates.lazy().select("idx"), on="idx", how="anti")
             distinct = _classes(rows_left)
         else:
             distinct = prepared[1].lazy()
+            # MeterValues requests without a template (payloads the compiled walker left): classed by text
+            untemplated = (
+                rows.filter((pl.col("kind") == "request") & (pl.col("action") == "MeterValues"))
+                .join(meter_templates.lazy().select("idx"), on="idx", how="anti")
+                .join(messages.select("idx", "payload"), on="idx")
+            )
+            distinct = pl.concat([distinct, _classes(untemplated)], how="vertical_relaxed")
         distinct = pl.concat([distinct, templated], how="vertical_relaxed")
     else:
         distinct = _classes(rows)

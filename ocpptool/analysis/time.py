@@ -76,20 +76,25 @@ def _stamped(ctx: AnalysisContext) -> pl.LazyFrame:
     """Charger CALLs with an observed ts and their first payload timestamp (``text``, ``offset_s``).
 
     Three detectors read it; one cached plan node, kept on the context, lets ``collect_all`` compute it once.
+    The compiled walker reads it with the derived tables' payloads when it is there (``ctx.stamps``, see
+    :meth:`.derived.Walks.stamps`; :func:`stamped_rows` is the reference).
     """
     plan = ctx.__dict__.get("_time_stamped")
     if plan is None:
-        plan = ctx.__dict__["_time_stamped"] = _stamped_plan(ctx).cache()
+        if ctx.stamps is not None:
+            plan = ctx.stamps
+        else:
+            plan = stamped_rows(ctx.messages.filter(from_charger(), pl.col("ts").is_not_null())).cache()
+        ctx.__dict__["_time_stamped"] = plan
     return plan
 
 
-def _stamped_plan(ctx: AnalysisContext) -> pl.LazyFrame:
+def stamped_rows(charger_calls: pl.LazyFrame) -> pl.LazyFrame:
+    """Charger CALLs (with an observed ts) -> the rows of :func:`_stamped` (those whose payload names a timestamp)."""
     p = pl.col("payload")
     text = p.str.extract(_TS_TEXT, 1)
     # the payload itself stays behind: the frame is sorted, and only the 2.x offline flag is read from it
-    return ctx.messages.filter(
-        from_charger(), pl.col("ts").is_not_null(), p.str.contains('"timestamp"', literal=True)
-    ).select(
+    return charger_calls.filter(p.str.contains('"timestamp"', literal=True)).select(
         "idx", "ts", "conn", "charge_point_id", "action", text=text,
         offset_s=seconds(parse_ts(text) - pl.col("ts")),
         offline=p.str.contains(r'"offline"\s*:\s*true'),  # (the regex skips to the literal by itself)
