@@ -1994,10 +1994,313 @@ done:
     return out;
 }
 
+/* -------------------------------------------------------------------------- schema classes (analysis) */
+/*
+ * class_keys(stream, enums) gives, for each payload of a string column, two 64-bit keys for the schema check:
+ *
+ *   - exact: the payload's bytes (equal payloads are validated once);
+ *   - class: the payload's shape as a schema sees it: its structure and member names exactly, every string
+ *     that is one of `enums` (the schemas' enum values) exactly, every other string and every number with
+ *     its ASCII letters and digits blurred alike (length, signs, points and other characters kept),
+ *     true/false/null exactly; whitespace is not part of it. A payload with an escape, a number in exponent
+ *     form or invalid JSON is a class of its own (its exact key, tagged).
+ *
+ * Payloads of one class get the same verdict from a schema unless the schema looks into blurred content
+ * (patterns, lengths of escaped text, number ranges ...); the caller finds those classes and validates their
+ * payloads one by one (see ocpptool/analysis/schemas.py).
+ */
+
+typedef struct {
+    const char *s;
+    Py_ssize_t n;
+} EnumStr;
+
+typedef struct {
+    EnumStr *slot; /* open addressing, power of two */
+    uint32_t *id;
+    int64_t mask;
+    unsigned char blur[256];
+    char *buf;
+    int64_t cap, len;
+    int oom;
+} Cls;
+
+static uint64_t hash_bytes(const char *s, int64_t n, uint64_t seed) {
+    uint64_t h = seed ^ ((uint64_t)n * 0x9E3779B97F4A7C15ull);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t v;
+        memcpy(&v, s + i, 8);
+        h = w_mix(h, v);
+    }
+    uint64_t tail = 0;
+    memcpy(&tail, s + i, (size_t)(n - i));
+    h = w_mix(h, tail ^ ((uint64_t)(n - i) << 56));
+    return w_mix(h, (uint64_t)n);
+}
+
+static int cls_enum(const Cls *c, cp_t s, int64_t n) {
+    uint64_t h = hash_bytes((const char *)s, n, 7);
+    for (int64_t i = (int64_t)(h & (uint64_t)c->mask);; i = (i + 1) & c->mask) {
+        if (!c->slot[i].s) return -1;
+        if (c->slot[i].n == n && memcmp(c->slot[i].s, s, (size_t)n) == 0) return (int)c->id[i];
+    }
+}
+
+static int cls_put(Cls *c, const void *s, int64_t n) {
+    if (c->len + n > c->cap) {
+        int64_t cap = c->cap ? c->cap * 2 : 4096;
+        while (cap < c->len + n) cap *= 2;
+        char *b = realloc(c->buf, (size_t)cap);
+        if (!b) {
+            c->oom = 1;
+            return 0;
+        }
+        c->buf = b;
+        c->cap = cap;
+    }
+    memcpy(c->buf + c->len, s, (size_t)n);
+    c->len += n;
+    return 1;
+}
+
+static int cls_blurred(Cls *c, char tag, cp_t s, int64_t n) {
+    if (!cls_put(c, &tag, 1) || !cls_put(c, s, n)) return 0;
+    char *o = c->buf + c->len - n;
+    for (int64_t i = 0; i < n; i++) o[i] = (char)c->blur[(unsigned char)o[i]];
+    static const char zero = 0;
+    return cls_put(c, &zero, 1);
+}
+
+/* An escape-free string at p (the quote): its end, or NULL (escaped or invalid: a class of its own). */
+static cp_t cls_string(cp_t p, cp_t e) {
+    int esc = 0;
+    cp_t q = skip_string(p, e, &esc);
+    return q && !esc ? q : NULL;
+}
+
+static cp_t cls_value(Cls *c, cp_t p, cp_t e, int depth) {
+    p = skip_ws(p, e);
+    if (p >= e) return NULL;
+    switch (*p) {
+    case '{': {
+        if (depth >= MAX_DEPTH || !cls_put(c, "{", 1)) return NULL;
+        p = skip_ws(p + 1, e);
+        if (p < e && *p == '}') return cls_put(c, "}", 1) ? p + 1 : NULL;
+        for (;;) {
+            if (p >= e || *p != '"') return NULL;
+            cp_t q = cls_string(p, e);
+            if (!q || !cls_put(c, "K", 1) || !cls_put(c, p + 1, q - 1 - (p + 1)) || !cls_put(c, "", 1)) return NULL;
+            p = skip_ws(q, e);
+            if (p >= e || *p != ':') return NULL;
+            p = cls_value(c, p + 1, e, depth + 1);
+            if (!p) return NULL;
+            p = skip_ws(p, e);
+            if (p >= e) return NULL;
+            if (*p == '}') return cls_put(c, "}", 1) ? p + 1 : NULL;
+            if (*p != ',') return NULL;
+            p = skip_ws(p + 1, e);
+        }
+    }
+    case '[': {
+        if (depth >= MAX_DEPTH || !cls_put(c, "[", 1)) return NULL;
+        p = skip_ws(p + 1, e);
+        if (p < e && *p == ']') return cls_put(c, "]", 1) ? p + 1 : NULL;
+        for (;;) {
+            p = cls_value(c, p, e, depth + 1);
+            if (!p) return NULL;
+            p = skip_ws(p, e);
+            if (p >= e) return NULL;
+            if (*p == ']') return cls_put(c, "]", 1) ? p + 1 : NULL;
+            if (*p != ',') return NULL;
+            p = skip_ws(p + 1, e);
+        }
+    }
+    case '"': {
+        cp_t q = cls_string(p, e);
+        if (!q) return NULL;
+        int id = cls_enum(c, p + 1, q - 1 - (p + 1));
+        if (id >= 0) {
+            unsigned char t[3] = {'E', (unsigned char)(id & 0xFF), (unsigned char)(id >> 8)};
+            return cls_put(c, t, 3) ? q : NULL;
+        }
+        return cls_blurred(c, 'S', p + 1, q - 1 - (p + 1)) ? q : NULL;
+    }
+    case 't':
+        return e - p >= 4 && memcmp(p, "true", 4) == 0 && cls_put(c, "T", 1) ? p + 4 : NULL;
+    case 'f':
+        return e - p >= 5 && memcmp(p, "false", 5) == 0 && cls_put(c, "F", 1) ? p + 5 : NULL;
+    case 'n':
+        return e - p >= 4 && memcmp(p, "null", 4) == 0 && cls_put(c, "Z", 1) ? p + 4 : NULL;
+    default: {
+        cp_t q = skip_number(p, e);
+        if (!q) return NULL;
+        for (cp_t r = p; r < q; r++)
+            if (*r == 'e' || *r == 'E') return NULL; /* 1e5 is a float, 125 an integer: apart */
+        return cls_blurred(c, 'N', p, q - p) ? q : NULL;
+    }
+    }
+}
+
+static void cls_one(Cls *c, cp_t s, int64_t n, int64_t *exact, int64_t *cls) {
+    uint64_t x = hash_bytes((const char *)s, n, 0x243F6A8885A308D3ull);
+    c->len = 0;
+    cp_t p = cls_value(c, s, s + n, 0);
+    *exact = (int64_t)x;
+    if (p && skip_ws(p, s + n) == s + n) *cls = (int64_t)hash_bytes(c->buf, c->len, 0x13198A2E03707344ull);
+    else *cls = (int64_t)w_mix(x, 0xA4093822299F31D0ull); /* a class of its own */
+}
+
+static PyObject *class_keys(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *stream_cap, *enums;
+    if (!PyArg_ParseTuple(args, "OO!", &stream_cap, &PyTuple_Type, &enums)) return NULL;
+    struct ArrowArrayStream *st = PyCapsule_GetPointer(stream_cap, "arrow_array_stream");
+    if (!st) return NULL;
+    Cls c;
+    memset(&c, 0, sizeof(c));
+    Col exact, cls;
+    memset(&exact, 0, sizeof(exact));
+    memset(&cls, 0, sizeof(cls));
+    PyObject *out = NULL;
+    struct ArrowArray *arrays = NULL;
+    int64_t narrays = 0, rows = 0;
+    struct ArrowSchema schema;
+    memset(&schema, 0, sizeof(schema));
+    Py_ssize_t ne = PyTuple_GET_SIZE(enums);
+    if (ne >= 0xFFFF) {
+        PyErr_SetString(PyExc_ValueError, "enums: fewer than 65535");
+        goto done;
+    }
+    int64_t size = 16;
+    while (size < ne * 2) size *= 2;
+    c.slot = calloc((size_t)size, sizeof(EnumStr));
+    c.id = calloc((size_t)size, sizeof(uint32_t));
+    if (!c.slot || !c.id) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    c.mask = size - 1;
+    for (Py_ssize_t i = 0; i < ne; i++) {
+        PyObject *v = PyTuple_GET_ITEM(enums, i);
+        if (!PyBytes_Check(v)) {
+            PyErr_SetString(PyExc_TypeError, "enums: bytes");
+            goto done;
+        }
+        const char *s = PyBytes_AS_STRING(v);
+        Py_ssize_t n = PyBytes_GET_SIZE(v);
+        if (cls_enum(&c, (cp_t)s, n) >= 0) continue;
+        uint64_t h = hash_bytes(s, n, 7);
+        int64_t j = (int64_t)(h & (uint64_t)c.mask);
+        while (c.slot[j].s) j = (j + 1) & c.mask;
+        c.slot[j].s = s;
+        c.slot[j].n = n;
+        c.id[j] = (uint32_t)i;
+    }
+    for (int i = 0; i < 256; i++) c.blur[i] = (unsigned char)i;
+    for (int i = '0'; i <= '9'; i++) c.blur[i] = 'a';
+    for (int i = 'a'; i <= 'z'; i++) c.blur[i] = 'a';
+    for (int i = 'A'; i <= 'Z'; i++) c.blur[i] = 'a';
+    if (st->get_schema(st, &schema) != 0) {
+        PyErr_SetString(PyExc_ValueError, "class_keys: the stream gave no schema");
+        goto done;
+    }
+    char format[3] = {0};
+    strncpy(format, schema.format, 2);
+    if (strcmp(format, "vu") != 0 && strcmp(format, "U") != 0 && strcmp(format, "u") != 0) {
+        PyErr_Format(PyExc_ValueError, "class_keys: a string column expected (Arrow format %s)", schema.format);
+        goto done;
+    }
+    for (;;) {
+        struct ArrowArray a;
+        memset(&a, 0, sizeof(a));
+        if (st->get_next(st, &a) != 0) {
+            PyErr_SetString(PyExc_ValueError, "class_keys: the stream failed");
+            goto done;
+        }
+        if (!a.release) break;
+        struct ArrowArray *grown = realloc(arrays, sizeof(*arrays) * (size_t)(narrays + 1));
+        if (!grown) {
+            a.release(&a);
+            PyErr_NoMemory();
+            goto done;
+        }
+        arrays = grown;
+        arrays[narrays++] = a;
+        rows += a.length;
+    }
+    if (!col_init(&exact, K_I64, rows, 0) || !col_init(&cls, K_I64, rows, 0)) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    int ok = 1;
+    Py_BEGIN_ALLOW_THREADS
+    for (int64_t k = 0; k < narrays && ok; k++) {
+        struct ArrowArray *a = &arrays[k];
+        const uint8_t *valid = a->buffers[0];
+        for (int64_t i = 0; i < a->length && ok; i++) {
+            int64_t j = i + a->offset;
+            if (valid && !((valid[j >> 3] >> (j & 7)) & 1)) {
+                ok = col_null(&exact) && col_null(&cls);
+                continue;
+            }
+            cp_t s;
+            int64_t len;
+            if (format[0] == 'v') {
+                const uint8_t *view = (const uint8_t *)a->buffers[1] + 16 * j;
+                int32_t n, bi, off;
+                memcpy(&n, view, 4);
+                len = n;
+                if (n <= 12) {
+                    s = view + 4;
+                } else {
+                    memcpy(&bi, view + 8, 4);
+                    memcpy(&off, view + 12, 4);
+                    s = (const uint8_t *)a->buffers[2 + bi] + off;
+                }
+            } else if (format[0] == 'U') {
+                const int64_t *o = a->buffers[1];
+                s = (const uint8_t *)a->buffers[2] + o[j];
+                len = o[j + 1] - o[j];
+            } else {
+                const int32_t *o = a->buffers[1];
+                s = (const uint8_t *)a->buffers[2] + o[j];
+                len = o[j + 1] - o[j];
+            }
+            int64_t x, y;
+            cls_one(&c, s, len, &x, &y);
+            ok = !c.oom && col_i64(&exact, x) && col_i64(&cls, y);
+        }
+    }
+    Py_END_ALLOW_THREADS
+    if (!ok) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    PyObject *a = export_col(&exact, "exact"), *b = a ? export_col(&cls, "class") : NULL;
+    if (a && b) out = PyTuple_Pack(2, a, b);
+    Py_XDECREF(a);
+    Py_XDECREF(b);
+done:
+    for (int64_t i = 0; i < narrays; i++)
+        if (arrays[i].release) arrays[i].release(&arrays[i]);
+    free(arrays);
+    if (schema.release) schema.release(&schema);
+    col_free(&exact);
+    col_free(&cls);
+    free(c.slot);
+    free(c.id);
+    free(c.buf);
+    return out;
+}
+
 static PyMethodDef METHODS[] = {
     {"walk_payloads", walk_payloads, METH_VARARGS,
      "walk_payloads(stream, kinds, configs) -> (sure, fields, samples, template_keys, stamps)\n\n"
      "Read OCPP payloads (an Arrow string stream capsule) for the analysis; see the C source."},
+    {"class_keys", class_keys, METH_VARARGS,
+     "class_keys(stream, enums) -> (exact, class)\n\n"
+     "Each payload's exact key and schema class key (int64 columns as capsule pairs); see the C source."},
     {"count_lines", count_lines, METH_VARARGS, "count_lines(buffer) -> number of newline bytes"},
     {"split_jsonl", split_jsonl, METH_VARARGS,
      "split_jsonl(chunk, keys, first_line) -> (columns, slow_lines, lines)\n\n"

@@ -54,7 +54,7 @@ def conversation(calls: list[tuple[str, str, str]]) -> Tables:
     frames = []
     for i, (cp, action, payload) in enumerate(calls):
         frames.append((cp, "cp->csms", f'[2,"m{i}","{action}",{payload}]'))
-        answer = '{"idTagInfo":{"status":"Accepted"},"transactionId":%d}' % (100 + i) if action == "StartTransaction" else "{}"
+        answer = f'{{"idTagInfo":{{"status":"Accepted"}},"transactionId":{100 + i}}}' if action == "StartTransaction" else "{}"
         frames.append((cp, "csms->cp", f'[3,"m{i}",{answer}]'))
     return tables_of(frames)
 
@@ -310,3 +310,36 @@ def test_random_meter_values_each_read_the_same_both_ways(monkeypatch):
     compiled, reference = both_ways(conversation(calls), monkeypatch)
     assert compiled[1].height == 600
     assert_same(compiled, reference)
+
+
+def test_schema_classes_from_c_are_the_polars_classes():
+    """The schema check's class keys computed in C group payloads exactly as :func:`schemas.class_key` does
+    (for compact payloads: C also ignores whitespace, which no schema reads)."""
+    from ocpptool.analysis import schemas
+    from ocpptool.analysis.walk import class_keys
+
+    rng = random.Random(3)
+    parts = ['"Accepted"', '"Acceptee"', '"Charging"', '"abc"', '"xyz1"', '"é"', '"a\\u0062"', "12", "99", "-1",
+             "1.5", "2.5", "1e5", "2e5", "true", "false", "null", '"\ue000x"', '""', '"2025-03-01T12:00:00Z"']
+    payloads = []
+    for _ in range(400):
+        members = [f'"{rng.choice(["status", "idTag", "value", "k1", "k2"])}":{rng.choice(parts)}'
+                   for _ in range(rng.randint(0, 3))]
+        if rng.random() < 0.3:
+            members.append(f'"list":[{",".join(rng.choice(parts) for _ in range(rng.randint(0, 2)))}]')
+        payloads.append("{" + ",".join(members) + "}")
+    payloads += ["not json", "{", '{"a":1}']
+    s = pl.Series(payloads)
+    enums = [q[1:-1] for q in schemas.enum_tokens()[0] if q.startswith('"')]
+    c = class_keys(s, enums)
+    p = pl.select(key=schemas.class_key(pl.lit(s)), exact=pl.lit(s).hash())
+
+    def partition(keys: pl.Series) -> set[frozenset[int]]:
+        groups: dict[int, set[int]] = {}
+        for i, k in enumerate(keys.to_list()):
+            groups.setdefault(k, set()).add(i)
+        return {frozenset(g) for g in groups.values()}
+
+    assert partition(c["key"]) == partition(p["key"])
+    assert partition(c["exact"]) == partition(p["exact"])
+    assert 20 < len(partition(c["key"])) < 400  # classes merge payloads, and keep them apart

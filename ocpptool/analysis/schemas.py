@@ -339,8 +339,9 @@ def _meter_values_keys(rows: pl.LazyFrame, meter_templates: pl.DataFrame, messag
     ])
 
 
-def _rows(messages: pl.LazyFrame) -> pl.LazyFrame:
-    """CALL and CALLRESULT rows with a schema to check: ``kind``, ``dir``, ``schema``, ``exact`` (payload hash)."""
+def _rows(messages: pl.LazyFrame, exact: bool = True) -> pl.LazyFrame:
+    """CALL and CALLRESULT rows with a schema to check: ``kind``, ``dir``, ``schema``, ``exact`` (payload hash,
+    unless not ``exact``)."""
     kind = pl.when(pl.col("message_type") == "CALL").then(pl.lit("request")).otherwise(pl.lit("response"))
     d = pl.col("ocpp_version").replace_strict(VERSION_DIRS, default=None)
     suffix = (
@@ -361,7 +362,7 @@ def _rows(messages: pl.LazyFrame) -> pl.LazyFrame:
         .select("idx", "ts", "conn", "charge_point_id", "ocpp_version", "action", "payload", kind=kind, dir=d)
         .with_columns(schema=pl.col("action") + suffix)
         .filter(pl.concat_str("dir", pl.lit("/"), "schema").is_in(known))
-        .with_columns(exact=pl.col("payload").hash())
+        .with_columns(**({"exact": pl.col("payload").hash()} if exact else {}))
     )
 
 
@@ -379,7 +380,19 @@ def untemplated_classes(messages: pl.LazyFrame) -> tuple[pl.DataFrame, pl.DataFr
     """(the checked rows without their payload, the classes of every checked payload but the MeterValues
     requests), for :func:`violations`, which classes those through the templates of :func:`.derived.derive`
     (``meter_templates`` holds every MeterValues CALL). It needs no derived table, so it can be computed while
-    they are built."""
+    they are built.
+
+    With the compiled walker, every payload's keys come from C (:func:`.walk.class_keys`: the same classes
+    as :func:`class_key`, whitespace aside) and the classes are those of every checked payload, MeterValues
+    requests included (the rows then carry their ``key``)."""
+    from .walk import available, class_keys
+
+    if available():
+        found = _rows(messages, exact=False).collect()
+        keys = class_keys(found["payload"], [q[1:-1] for q in enum_tokens()[0] if q.startswith('"')])
+        found = found.drop("payload").hstack(keys)
+        classes = found.group_by("dir", "schema", "exact").agg(pl.col("idx").first(), pl.col("key").first())
+        return found, classes.select("dir", "schema", "exact", "idx", "key")
     rows = _rows(messages).cache()
     checked, classes = pl.collect_all([
         rows.drop("payload"),
@@ -398,7 +411,9 @@ def violations(
     over their text; ``prepared``: :func:`untemplated_classes`, computed already (only with the templates).
     """
     rows = _rows(messages) if prepared is None else prepared[0].lazy()
-    if meter_templates is not None:
+    if prepared is not None and "key" in prepared[0].columns:  # every payload classed in C already
+        distinct = prepared[1].lazy()
+    elif meter_templates is not None:
         templated = _meter_values_keys(rows.filter(pl.col("action") == "MeterValues"), meter_templates, messages)
         if prepared is None:
             rows_left = rows.join(meter_templates.lazy().select("idx"), on="idx", how="anti")
