@@ -1121,6 +1121,7 @@ typedef struct {
     Py_ssize_t plen[W_MAX_PATHS];
     const char *leaf[W_MAX_PATHS]; /* last segment (anywhere) */
     Py_ssize_t leaflen[W_MAX_PATHS];
+    uint64_t leafmask; /* bit n: a leaf n bytes long (n < 64), a cheap test before the comparisons */
 } WCfg;
 
 typedef struct {
@@ -1401,7 +1402,7 @@ static cp_t w_object(Walk *w, cp_t p, cp_t e, int depth, int role, unsigned path
             if (seen & (1u << k)) return NULL;
             seen |= 1u << k;
         }
-        if (w->c->anywhere) {
+        if (w->c->anywhere && kl < 64 && (w->c->leafmask >> kl) & 1) {
             for (int i = 0; i < w->c->npaths; i++) {
                 if (kl == w->c->leaflen[i] && memcmp(ks, w->c->leaf[i], (size_t)kl) == 0) {
                     if (role != R_TOP || w->leaf_seen[i]) return NULL;
@@ -1830,6 +1831,8 @@ static int w_config(WCfg *c, PyObject *t) {
             if (*q == '.') dot = q;
         c->leaf[i] = dot ? dot + 1 : c->path[i];
         c->leaflen[i] = c->plen[i] - (c->leaf[i] - c->path[i]);
+        if (c->leaflen[i] < 64) c->leafmask |= 1ull << c->leaflen[i];
+        else c->leafmask = ~0ull;
         if (anywhere && dot) {
             PyErr_SetString(PyExc_ValueError, "anywhere: single keys only");
             return 0;

@@ -504,7 +504,7 @@ _TE_WALKED = {name: path.removeprefix("$.") for name, path in TE_PATHS.items() i
 # how the compiled walker reads each meter-bearing action (a row's kind)
 _KINDS = {"MeterValues": 0, "StopTransaction": 1, "TransactionEvent": 2}
 _CONFIGS = [
-    Config("meterValue", tuple(_MV_IDS.items()), anywhere=True, templates=True),
+    Config("meterValue", tuple(_MV_IDS.items()), anywhere=True),
     Config("transactionData", (("_stop_tid", "transactionId"),)),
     Config("meterValue", tuple(_TE_WALKED.items())),
 ]
@@ -568,11 +568,10 @@ def walk_calls(messages: pl.LazyFrame) -> Walks:
 
 def _raw_samples_compiled(walks: Walks, keep: dict) -> pl.DataFrame:
     """:func:`_raw_samples` from the compiled walker's reading of the payloads it is sure of, and the Polars
-    expressions for the rest: the same rows, collected. Also keeps ``meter_ids``, ``meter_templates``
-    (``idx``, ``key``, ``template``: the payload cut as :func:`_meter_values_samples` cuts it) and ``events``
-    (the TransactionEvent fields) in ``keep``."""
+    expressions for the rest: the same rows, collected. Also keeps ``meter_ids`` and ``events`` (the
+    TransactionEvent fields) in ``keep``."""
     w = walks.w
-    calls = walks.calls.hstack([*w.fields[0], *w.fields[1], *w.fields[2]]).with_columns(_sure=w.sure, _key=w.keys)
+    calls = walks.calls.hstack([*w.fields[0], *w.fields[1], *w.fields[2]]).with_columns(_sure=w.sure)
     kind = pl.col("_kind")
     cols = ("_row", "idx", "charge_point_id", "conn", "ts")
     # per-message columns, gathered onto their samples
@@ -591,7 +590,6 @@ def _raw_samples_compiled(walks: Walks, keep: dict) -> pl.DataFrame:
     )).lazy(), parsed=True).collect()]  # fmt: skip
 
     # the payloads the walker left: the Polars reference
-    mv = calls.filter(kind == 0)
     te_fields = calls.filter(kind == 2).select("idx", *_TE_WALKED, _te_mv=pl.lit(None, pl.String))
     mv_ids = rows.filter(calls["_kind"] == 0).select("idx", "connector_id", "transaction_id", events_id="transaction_id")
     left = calls.filter(~pl.col("_sure"))
@@ -615,14 +613,9 @@ def _raw_samples_compiled(walks: Walks, keep: dict) -> pl.DataFrame:
         finished = [pl.concat(finished).sort("_row", maintain_order=True)]
     samples = finished[0]
 
-    # MeterValues ids (references, events per transaction) and templates (the schema check's classes)
+    # MeterValues ids (references, events per transaction); no templates: the schema check classes every
+    # payload in C (schemas.untemplated_classes)
     keep["meter_ids"] = mv_ids
-    templated = mv.filter(pl.col("_sure")).select("idx", "payload", key="_key")
-    template = pl.col("payload")
-    for key, mark in _CUTS.items():
-        template = template.str.replace_all(f'"{key}":{_STRING}', f'"{key}":"{mark}"')
-    texts = templated.filter(pl.col("key").is_first_distinct()).select("key", template=template)
-    keep["meter_templates"] = templated.select("idx", "key").join(texts, on="key", how="left", maintain_order="left")
     keep["events"] = te_fields.select("idx", *TE_PATHS)
     return samples.drop("_row")
 
