@@ -59,16 +59,28 @@ struct ArrowArray {
 
 /* ------------------------------------------------------------------------------------ growable columns */
 
-enum { K_UTF8, K_I64, K_I8, K_F64 }; /* K_F64: doubles stored in the i64 buffer */
+/* K_F64: doubles stored in the i64 buffer. K_VIEW: Arrow string views ("vu", what Polars holds strings as:
+ * no conversion on import): a 16-byte view per row, strings up to 12 bytes inside it, longer ones in one
+ * data buffer (below 2 GiB), where repeated long strings are stored once (a small cache of recent ones). */
+enum { K_UTF8, K_I64, K_I8, K_F64, K_VIEW };
+
+#define VIEW_CACHE 256
+
+typedef struct {
+    uint64_t h;
+    int32_t off, len;
+} ViewSeen;
 
 typedef struct {
     int kind;
     int64_t n, cap;  /* rows */
     int64_t *offs;   /* utf8: n + 1 offsets */
-    char *data;      /* utf8 bytes */
+    char *data;      /* utf8 bytes; view: the long strings */
     int64_t dlen, dcap;
     int64_t *i64;
     int8_t *i8;
+    uint8_t *views;  /* view: 16 bytes a row */
+    ViewSeen *seen;  /* view: VIEW_CACHE recent long strings */
     uint8_t *valid;  /* validity bitmap, LSB first */
     int64_t nulls;
 } Col;
@@ -85,6 +97,12 @@ static int col_init(Col *c, int kind, int64_t rows, int64_t bytes) {
         c->data = malloc((size_t)c->dcap);
         if (!c->offs || !c->data) return 0;
         c->offs[0] = 0;
+    } else if (kind == K_VIEW) {
+        c->views = malloc(16 * (size_t)c->cap);
+        c->dcap = bytes < 64 ? 64 : bytes;
+        c->data = malloc((size_t)c->dcap);
+        c->seen = calloc(VIEW_CACHE, sizeof(ViewSeen));
+        if (!c->views || !c->data || !c->seen) return 0;
     } else if (kind == K_I64 || kind == K_F64) {
         c->i64 = malloc(sizeof(int64_t) * (size_t)c->cap);
         if (!c->i64) return 0;
@@ -100,6 +118,8 @@ static void col_free(Col *c) {
     free(c->data);
     free(c->i64);
     free(c->i8);
+    free(c->views);
+    free(c->seen);
     free(c->valid);
     memset(c, 0, sizeof(*c));
 }
@@ -116,6 +136,10 @@ static int col_row(Col *c) {
         int64_t *o = realloc(c->offs, sizeof(int64_t) * (size_t)(cap + 1));
         if (!o) return 0;
         c->offs = o;
+    } else if (c->kind == K_VIEW) {
+        uint8_t *o = realloc(c->views, 16 * (size_t)cap);
+        if (!o) return 0;
+        c->views = o;
     } else if (c->kind == K_I64 || c->kind == K_F64) {
         int64_t *o = realloc(c->i64, sizeof(int64_t) * (size_t)cap);
         if (!o) return 0;
@@ -145,6 +169,7 @@ static inline void set_valid(Col *c) { c->valid[c->n >> 3] |= (uint8_t)(1u << (c
 static int col_null(Col *c) {
     if (!col_row(c)) return 0;
     if (c->kind == K_UTF8) c->offs[c->n + 1] = c->dlen;
+    else if (c->kind == K_VIEW) memset(c->views + 16 * c->n, 0, 16);
     else if (c->kind == K_I64 || c->kind == K_F64) c->i64[c->n] = 0;
     else c->i8[c->n] = 0;
     c->nulls++;
@@ -152,7 +177,46 @@ static int col_null(Col *c) {
     return 1;
 }
 
+static int view_str(Col *c, const char *s, int64_t len) {
+    if (!col_row(c)) return 0;
+    uint8_t *v = c->views + 16 * c->n;
+    int32_t n32 = (int32_t)len;
+    memset(v, 0, 16);
+    memcpy(v, &n32, 4);
+    if (len <= 12) {
+        memcpy(v + 4, s, (size_t)len);
+    } else {
+        uint64_t h = (uint64_t)len * 0x9E3779B97F4A7C15ull;
+        uint64_t a, b;
+        memcpy(&a, s, 8);
+        memcpy(&b, s + len - 8, 8);
+        h ^= a * 0xC2B2AE3D27D4EB4Full;
+        h ^= b * 0x165667B19E3779F9ull;
+        h ^= h >> 29;
+        ViewSeen *e = &c->seen[h & (VIEW_CACHE - 1)];
+        int32_t off;
+        if (e->h == h && e->len == n32 && memcmp(c->data + e->off, s, (size_t)len) == 0) {
+            off = e->off;
+        } else {
+            if (c->dlen + len > INT32_MAX || !col_reserve(c, len)) return 0;
+            off = (int32_t)c->dlen;
+            memcpy(c->data + c->dlen, s, (size_t)len);
+            c->dlen += len;
+            e->h = h;
+            e->off = off;
+            e->len = n32;
+        }
+        memcpy(v + 4, s, 4);
+        /* buffer index 0, then the offset */
+        memcpy(v + 12, &off, 4);
+    }
+    set_valid(c);
+    c->n++;
+    return 1;
+}
+
 static int col_str(Col *c, const char *s, int64_t len) {
+    if (c->kind == K_VIEW) return view_str(c, s, len);
     if (!col_row(c) || !col_reserve(c, len)) return 0;
     memcpy(c->data + c->dlen, s, (size_t)len);
     c->dlen += len;
@@ -880,13 +944,13 @@ static void run(Ctx *x, cp_t buf, int64_t n, int64_t first_line, int64_t *lines_
 /* --------------------------------------------------------------------------------- export to Python */
 
 typedef struct {
-    void *bufs[3];
-    const void *ptrs[3];
+    void *bufs[4];
+    const void *ptrs[4];
 } ArrPriv;
 
 static void release_array(struct ArrowArray *a) {
     ArrPriv *pv = a->private_data;
-    for (int i = 0; i < 3; i++) free(pv->bufs[i]);
+    for (int i = 0; i < 4; i++) free(pv->bufs[i]);
     free(pv);
     a->release = NULL;
 }
@@ -920,7 +984,7 @@ static PyObject *export_col(Col *c, const char *name) {
         free(pv);
         return PyErr_NoMemory();
     }
-    s->format = c->kind == K_UTF8 ? "U" : c->kind == K_I64 ? "l" : c->kind == K_F64 ? "g" : "c";
+    s->format = c->kind == K_UTF8 ? "U" : c->kind == K_VIEW ? "vu" : c->kind == K_I64 ? "l" : c->kind == K_F64 ? "g" : "c";
     s->name = name;
     s->flags = ARROW_FLAG_NULLABLE;
     s->release = release_schema;
@@ -938,6 +1002,23 @@ static PyObject *export_col(Col *c, const char *name) {
         pv->ptrs[1] = c->offs;
         pv->ptrs[2] = c->data;
         a->n_buffers = 3;
+    } else if (c->kind == K_VIEW) {
+        int64_t *sizes = malloc(sizeof(int64_t));
+        if (!sizes) {
+            free(s);
+            free(a);
+            free(pv);
+            return PyErr_NoMemory();
+        }
+        *sizes = c->dlen;
+        free(c->seen);
+        pv->bufs[1] = c->views;
+        pv->bufs[2] = c->data;
+        pv->bufs[3] = sizes;
+        pv->ptrs[1] = c->views;
+        pv->ptrs[2] = c->data;
+        pv->ptrs[3] = sizes;
+        a->n_buffers = 4;
     } else {
         void *vals = c->kind == K_I8 ? (void *)c->i8 : (void *)c->i64;
         pv->bufs[1] = vals;
@@ -1661,6 +1742,7 @@ static void col_mark(Col *c, ColMark *m) {
 /* Drop the rows added since the mark (their validity bits cleared for the rows that come next). */
 static void col_back(Col *c, const ColMark *m) {
     for (int64_t r = m->n; r < c->n; r++) c->valid[r >> 3] &= (uint8_t)~(1u << (r & 7));
+    if (c->kind == K_VIEW && c->dlen != m->dlen) memset(c->seen, 0, VIEW_CACHE * sizeof(ViewSeen));
     c->n = m->n;
     c->dlen = m->dlen;
     c->nulls = m->nulls;
@@ -1911,13 +1993,13 @@ static PyObject *walk_payloads(PyObject *self, PyObject *args) {
             }
     }
     int ok = col_init(&w->sure, K_I8, rows, 0) && col_init(&w->tkey, K_I64, rows, 0) &&
-             col_init(&w->stamp_text, K_UTF8, rows, rows * 24) && col_init(&w->stamp_us, K_I64, rows, 0) &&
+             col_init(&w->stamp_text, K_VIEW, rows, rows * 24) && col_init(&w->stamp_us, K_I64, rows, 0) &&
              col_init(&w->offline_col, K_I8, rows, 0);
     for (int k = 0; k < w->ncfg; k++)
-        for (int i = 0; i < w->cfg[k].npaths && ok; i++) ok = col_init(&w->fields[k][i], K_UTF8, rows, rows * 8);
+        for (int i = 0; i < w->cfg[k].npaths && ok; i++) ok = col_init(&w->fields[k][i], K_VIEW, rows, rows * 8);
     int64_t srows = meters ? rows * 4 : 16;
     for (int i = 0; i < N_SCOLS && ok; i++)
-        ok = col_init(&w->scol[i], i == S_ROW || i == S_TS ? K_I64 : i == S_NUM ? K_F64 : i == S_DEC ? K_I8 : K_UTF8,
+        ok = col_init(&w->scol[i], i == S_ROW || i == S_TS ? K_I64 : i == S_NUM ? K_F64 : i == S_DEC ? K_I8 : K_VIEW,
                       srows, srows * 8);
     if (!ok) {
         PyErr_NoMemory();
