@@ -217,12 +217,13 @@ class Derived:
 
 def _calls(messages: pl.LazyFrame, actions: list[str]) -> pl.LazyFrame:
     """CALLs of these actions with their answer's type and payload (``r_type``, ``r_payload``, ``r_idx``)."""
-    answers = messages.select(
+    calls = messages.filter((pl.col("message_type") == "CALL") & pl.col("action").is_in(actions))
+    # the answers of these calls only (a semi join probes their few ids), then joined to them
+    answers = messages.join(calls.select(r_idx="response_index"), left_on="idx", right_on="r_idx", how="semi").select(
         r_idx=pl.col("idx"), r_type=pl.col("message_type"), r_payload=pl.col("payload")
     )
     return (
-        messages.filter((pl.col("message_type") == "CALL") & pl.col("action").is_in(actions))
-        .join(answers, left_on="response_index", right_on="r_idx", how="left", coalesce=False)
+        calls.join(answers, left_on="response_index", right_on="r_idx", how="left", coalesce=False)
         .with_columns(
             r_payload=pl.when(pl.col("r_type") == "CALLRESULT").then(pl.col("r_payload")),
         )
