@@ -22,6 +22,7 @@ from ocpptool.analysis import Options, run
 from ocpptool.analysis import walk as walk_module
 from ocpptool.analysis.derived import derive, keyed, walk_calls
 from ocpptool.analysis.time import from_charger, stamped_rows
+from ocpptool.analysis.transactions import references
 from ocpptool.sources.base import conform
 from ocpptool.tables.build import Tables, build_tables
 
@@ -67,6 +68,8 @@ def both_ways(tables: Tables, monkeypatch) -> tuple[list[pl.DataFrame], list[pl.
         out = pl.collect_all([d.transactions, d.meter_values, d.statuses])
         out.append(d.meter_ids.sort("idx") if d.meter_ids is not None else pl.DataFrame())
         out.append(d.transaction_events.sort("idx") if d.transaction_events is not None else pl.DataFrame())
+        # the transaction references the detectors read (the walker's, or built by the detectors' own code)
+        out.append(d.references if d.references is not None else references(tables.messages.lazy()).collect())
         return out
 
     compiled = derived()
@@ -78,8 +81,8 @@ def both_ways(tables: Tables, monkeypatch) -> tuple[list[pl.DataFrame], list[pl.
 
 
 def assert_same(compiled: list[pl.DataFrame], reference: list[pl.DataFrame]) -> None:
-    for name, a, b in zip(("transactions", "meter_values", "statuses", "meter_ids", "events"), compiled, reference,
-                          strict=True):
+    for name, a, b in zip(("transactions", "meter_values", "statuses", "meter_ids", "events", "references"), compiled,
+                          reference, strict=True):
         if name == "meter_ids":  # the reference keeps ids of every MeterValues payload, with the same columns
             a = a.select(b.columns) if b.width else a
         if name == "events":  # the meterValue text is read only for the samples, which the walker reads itself
@@ -160,7 +163,7 @@ def odd_tables() -> Tables:
 def test_derived_tables_the_same_with_the_walker_and_with_polars_on_odd_payloads(monkeypatch):
     tables = odd_tables()
     compiled, reference = both_ways(tables, monkeypatch)
-    assert compiled[1].height > 40  # meter values were read
+    assert compiled[1].height > 40 and compiled[5].height > 10  # meter values and references were read
     assert_same(compiled, reference)
 
 

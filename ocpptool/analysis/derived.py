@@ -211,6 +211,8 @@ class Derived:
     meter_templates: pl.DataFrame | None = None
     # their top-level ids read off the templates: ``idx``, ``connector_id``, ``transaction_id`` (references)
     meter_ids: pl.DataFrame | None = None
+    # transactions.references, read by the compiled walker already (None: the detectors build it)
+    references: pl.DataFrame | None = None
     # TransactionEvent fields (transaction_event_fields), for the detectors
     transaction_events: pl.DataFrame | None = None
 
@@ -506,7 +508,9 @@ _TE_WALKED = {name: path.removeprefix("$.") for name, path in TE_PATHS.items() i
 _KINDS = {"MeterValues": 0, "StopTransaction": 1, "TransactionEvent": 2}
 _CONFIGS = [
     Config("meterValue", tuple(_MV_IDS.items()), anywhere=True),
-    Config("transactionData", (("_stop_tid", "transactionId"),)),
+    # (anywhere, as for MeterValues: the transaction references read the id as a regex's first match does)
+    Config("transactionData", (("_stop_tid", "transactionId"), ("_stop_c1", "connectorId"), ("_stop_c2", "evseId")),
+           anywhere=True),
     Config("meterValue", tuple(_TE_WALKED.items())),
 ]
 
@@ -576,13 +580,22 @@ def _raw_samples_compiled(walks: Walks, keep: dict) -> pl.DataFrame:
     kind = pl.col("_kind")
     cols = ("_row", "idx", "charge_point_id", "conn", "ts")
     # per-message columns, gathered onto their samples
+    ids = pl.coalesce(*(pl.col(c).cast(pl.Int64, strict=False) for c in ("_c1", "_c2")))
+    stop_ids = pl.coalesce(*(pl.col(c).cast(pl.Int64, strict=False) for c in ("_stop_c1", "_stop_c2")))
     rows = calls.select(
         *cols, source_action="action",
-        connector_id=pl.when(kind == 0).then(pl.coalesce(pl.col("_c1").cast(pl.Int64, strict=False),
-                                                         pl.col("_c2").cast(pl.Int64, strict=False)))
-        .when(kind == 2).then(_as_int(pl.col("_te_evse"))),
+        connector_id=pl.when(kind == 0).then(ids).when(kind == 2).then(_as_int(pl.col("_te_evse"))),
         transaction_id=pl.coalesce("_tid", "_stop_tid", "_te_tid"),
     )  # fmt: skip
+    # the transaction references (transactions.references) of the payloads the walker read
+    from .transactions import references
+
+    refs = calls.filter(pl.col("_sure")).select(
+        "idx", "ts", "charge_point_id", "conn", "action", transaction_id=pl.coalesce("_tid", "_stop_tid", "_te_tid"),
+        event_type="_te_event",
+        connector_id=pl.when(kind == 0).then(ids).when(kind == 1).then(stop_ids)
+        .otherwise(pl.col("_te_evse").cast(pl.Int64, strict=False)),
+    ).filter(pl.col("transaction_id").is_not_null())  # fmt: skip
     s = w.samples
     assert s is not None
     finished = [_finish_samples(rows[s["row"]].hstack(s.select(
@@ -618,6 +631,11 @@ def _raw_samples_compiled(walks: Walks, keep: dict) -> pl.DataFrame:
     # payload in C (schemas.untemplated_classes)
     keep["meter_ids"] = mv_ids
     keep["events"] = te_fields.select("idx", *TE_PATHS)
+    if left.height:  # the reference for the payloads the walker left
+        refs = pl.concat([refs, references(left.select("idx", "ts", "charge_point_id", "conn", "action", "payload",
+                                                       message_type=pl.lit("CALL")).lazy(),
+                                           events=keep["events"]).collect()]).sort("idx")  # fmt: skip
+    keep["references"] = unkeyed(refs.lazy()).collect()
     return samples.drop("_row")
 
 
@@ -886,6 +904,6 @@ def derive(messages: pl.LazyFrame, on_step: Callable[[str], None] | None = None,
     meter_values = mv.lazy()
     return Derived(
         _conform(unkeyed(tx), TRANSACTIONS), _conform(unkeyed(meter_values), METER_VALUES),
-        _conform(unkeyed(_statuses(messages)), STATUSES), kept.get("meter_templates"), kept.get("meter_ids"),
-        te_fields,
+        _conform(unkeyed(_statuses(messages)), STATUSES), meter_templates=kept.get("meter_templates"),
+        meter_ids=kept.get("meter_ids"), transaction_events=te_fields, references=kept.get("references"),
     )

@@ -218,7 +218,10 @@ def _plans(ctx: AnalysisContext, derived, chosen: list[Detector], timer: _Timer)
     if any(d.code in _USES_REFERENCES for d in chosen):
         from .transactions import references
 
-        ctx.references = references(ctx.messages, derived.meter_ids, derived.transaction_events).collect().lazy()
+        found = derived.references  # (read by the compiled walker)
+        if found is None:
+            found = references(ctx.messages, derived.meter_ids, derived.transaction_events).collect()
+        ctx.references = found.lazy()
         timer.step("transaction references")
     if any(d.family == "meter" for d in chosen):
         from .derived import keyed_context
