@@ -64,7 +64,7 @@ def _evidence(a: Analysis) -> dict[int, dict]:
         return {}
     m = a.tables.messages.select("idx", "ts", "message_id", "message_type", "action", "source", "source_pos")
     at = wanted["evidence"].sort()
-    if at.len() and 0 <= at[0] and at[-1] < m.height and (m["idx"].gather(at) == at).all():
+    if at.len() and at[0] >= 0 and at[-1] < m.height and (m["idx"].gather(at) == at).all():
         rows = m[at]  # idx is the row number (build_tables): a gather, not a join over every message
     else:
         rows = m.join(wanted.rename({"evidence": "idx"}), on="idx", how="semi")

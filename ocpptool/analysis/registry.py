@@ -230,6 +230,13 @@ def _plans(ctx: AnalysisContext, derived, chosen: list[Detector], timer: _Timer)
         ctx.meter_readings = readings(keyed_context(ctx)).collect().lazy()
         ctx.meter_pairs = pairs(keyed_context(ctx)).collect().lazy()
         timer.step("meter pairs")
+    if timer.per_detector and ctx.schema_classes is None and any(d.code == "schema-violation" for d in chosen):
+        from .schemas import untemplated_classes
+        from .walk import available
+
+        if available():  # (a real run computes them on the second thread; timed apart here)
+            ctx.schema_classes = untemplated_classes(ctx.messages)
+            timer.step("schema classes")
     return [conform_findings(d.fn(ctx), d) for d in chosen]
 
 

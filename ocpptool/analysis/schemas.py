@@ -376,23 +376,21 @@ def _classes(rows: pl.LazyFrame) -> pl.LazyFrame:
     )
 
 
-def untemplated_classes(messages: pl.LazyFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+def untemplated_classes(messages: pl.LazyFrame) -> tuple[pl.DataFrame, pl.DataFrame | None]:
     """(the checked rows without their payload, the classes of every checked payload but the MeterValues
     requests), for :func:`violations`, which classes those through the templates of :func:`.derived.derive`
     (``meter_templates`` holds every MeterValues CALL). It needs no derived table, so it can be computed while
     they are built.
 
     With the compiled walker, every payload's keys come from C (:func:`.walk.class_keys`: the same classes
-    as :func:`class_key`, whitespace aside) and the classes are those of every checked payload, MeterValues
-    requests included (the rows then carry their ``key``)."""
+    as :func:`class_key`, whitespace aside): the rows, MeterValues requests included, carry their ``key`` and
+    there is no separate frame of classes (None)."""
     from .walk import available, class_keys
 
     if available():
         found = _rows(messages, exact=False).collect()
         keys = class_keys(found["payload"], [q[1:-1] for q in enum_tokens()[0] if q.startswith('"')])
-        found = found.drop("payload").hstack(keys)
-        classes = found.group_by("dir", "schema", "exact").agg(pl.col("idx").first(), pl.col("key").first())
-        return found, classes.select("dir", "schema", "exact", "idx", "key")
+        return found.drop("payload").hstack(keys), None
     rows = _rows(messages).cache()
     checked, classes = pl.collect_all([
         rows.drop("payload"),
@@ -411,15 +409,15 @@ def violations(
     over their text; ``prepared``: :func:`untemplated_classes`, computed already (only with the templates).
     """
     rows = _rows(messages) if prepared is None else prepared[0].lazy()
-    if prepared is not None and "key" in prepared[0].columns:  # every payload classed in C already
-        distinct = prepared[1].lazy()
-    elif meter_templates is not None:
+    if prepared is not None and prepared[1] is None:  # every row classed in C already
+        return _report(_keyed_failures(rows, messages.select("idx", "payload")), evidence_cap)
+    if meter_templates is not None:
         templated = _meter_values_keys(rows.filter(pl.col("action") == "MeterValues"), meter_templates, messages)
         if prepared is None:
             rows_left = rows.join(meter_templates.lazy().select("idx"), on="idx", how="anti")
             distinct = _classes(rows_left)
         else:
-            distinct = prepared[1].lazy()
+            distinct = prepared[1].lazy()  # type: ignore[union-attr]
             # MeterValues requests without a template (payloads the compiled walker left): classed by text
             untemplated = (
                 rows.filter((pl.col("kind") == "request") & (pl.col("action") == "MeterValues"))
@@ -449,9 +447,36 @@ def violations(
             .select("dir", "schema", "exact", "errors"),
         ]
     )
+    return _report(rows.join(failing, on=["dir", "schema", "exact"], how="inner"), evidence_cap)
+
+
+def _keyed_failures(rows: pl.LazyFrame, payloads: pl.LazyFrame) -> pl.LazyFrame:
+    """The failing rows (with their ``errors``) of rows that carry their class ``key`` and ``exact`` key: one
+    representative validated per class (a group-by over few keys), the rows of a plain failing class taken
+    whole, and only the rows of the classes that must be split deduplicated by payload and validated."""
+    on = ["dir", "schema", "key"]
+    classes = _verdict(rows.group_by(on).agg(pl.col("idx").first()).join(payloads, on="idx")).collect()
+    plain = classes.filter(~pl.col("sensitive"), pl.col("errors").list.len() > 0).select(*on, "errors")
+    split = classes.filter("sensitive").select(on)
+    exact = ["dir", "schema", "exact"]
+    split_failing = (
+        _verdict(
+            rows.join(split.lazy(), on=on, how="semi").group_by(exact).agg(pl.col("idx").first())
+            .join(payloads, on="idx")
+        )
+        .filter(pl.col("errors").list.len() > 0)
+        .select(*exact, "errors")
+    )  # fmt: skip
+    return pl.concat([
+        rows.join(plain.lazy(), on=on, how="inner").drop("key"),
+        rows.join(split_failing, on=exact, how="inner").drop("key"),
+    ])  # fmt: skip
+
+
+def _report(failing_rows: pl.LazyFrame, evidence_cap: int) -> pl.LazyFrame:
+    """Failing rows (one per row and error list) -> one finding per charge point, action, kind and error."""
     return (
-        rows.join(failing, on=["dir", "schema", "exact"], how="inner")
-        .explode("errors")
+        failing_rows.explode("errors")
         .sort("idx")
         .group_by("charge_point_id", "ocpp_version", "action", "kind", "schema", "errors")
         .agg(
