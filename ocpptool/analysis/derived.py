@@ -505,13 +505,17 @@ def _raw_samples(messages: pl.LazyFrame, keep_templates: dict | None = None,
 _MV_IDS = {"_c1": "connectorId", "_c2": "evseId", "_tid": "transactionId"}  # MeterValues' top-level ids
 _TE_WALKED = {name: path.removeprefix("$.") for name, path in TE_PATHS.items() if name != "_te_mv"}
 # how the compiled walker reads each meter-bearing action (a row's kind)
-_KINDS = {"MeterValues": 0, "StopTransaction": 1, "TransactionEvent": 2}
+_KINDS = {"MeterValues": 0, "StopTransaction": 1, "TransactionEvent": 2, "StatusNotification": 3}
+_STATUS_PATHS = {"_st_evse": "evseId", "_st_connector": "connectorId", "_st_ts": "timestamp", "_st_status": "status",
+                 "_st_cstatus": "connectorStatus", "_st_error": "errorCode", "_st_info": "info",
+                 "_st_vendor": "vendorErrorCode"}  # fmt: skip
 _CONFIGS = [
     Config("meterValue", tuple(_MV_IDS.items()), anywhere=True),
     # (anywhere, as for MeterValues: the transaction references read the id as a regex's first match does)
     Config("transactionData", (("_stop_tid", "transactionId"), ("_stop_c1", "connectorId"), ("_stop_c2", "evseId")),
            anywhere=True),
     Config("meterValue", tuple(_TE_WALKED.items())),
+    Config(None, tuple(_STATUS_PATHS.items())),
 ]
 
 
@@ -571,12 +575,34 @@ def walk_calls(messages: pl.LazyFrame) -> Walks:
         return Walks(calls, other, w, w_other.result())
 
 
+def _statuses_compiled(walks: Walks) -> pl.DataFrame:
+    """:func:`_statuses` from the walker's reading of the StatusNotification payloads it is sure of (their
+    fields as json_path_match gives them), the reference's expressions for the rest."""
+    calls = walks.calls.with_columns(_sure=walks.w.sure).hstack(walks.w.fields[3])
+    status = calls.filter(pl.col("_kind") == 3)
+    read = status.filter(pl.col("_sure")).select(
+        "idx", "charge_point_id", "conn",
+        connector_id=pl.coalesce(_as_int(pl.col("_st_evse")), _as_int(pl.col("_st_connector"))),
+        ts="ts",
+        status_ts=payload_ts(pl.col("_st_ts")),
+        status=pl.coalesce("_st_status", "_st_cstatus"),
+        error_code="_st_error", info="_st_info", vendor_error_code="_st_vendor",
+    )  # fmt: skip
+    left = status.filter(~pl.col("_sure"))
+    if left.height:
+        rest = _statuses(left.select("idx", "charge_point_id", "conn", "ts", "action", "payload",
+                                     message_type=pl.lit("CALL")).lazy()).collect()  # fmt: skip
+        read = pl.concat([read, rest]).sort("idx")
+    return read
+
+
 def _raw_samples_compiled(walks: Walks, keep: dict) -> pl.DataFrame:
     """:func:`_raw_samples` from the compiled walker's reading of the payloads it is sure of, and the Polars
     expressions for the rest: the same rows, collected. Also keeps ``meter_ids`` and ``events`` (the
     TransactionEvent fields) in ``keep``."""
     w = walks.w
     calls = walks.calls.hstack([*w.fields[0], *w.fields[1], *w.fields[2]]).with_columns(_sure=w.sure)
+    keep["statuses"] = _statuses_compiled(walks)
     kind = pl.col("_kind")
     cols = ("_row", "idx", "charge_point_id", "conn", "ts")
     # per-message columns, gathered onto their samples
@@ -904,6 +930,7 @@ def derive(messages: pl.LazyFrame, on_step: Callable[[str], None] | None = None,
     meter_values = mv.lazy()
     return Derived(
         _conform(unkeyed(tx), TRANSACTIONS), _conform(unkeyed(meter_values), METER_VALUES),
-        _conform(unkeyed(_statuses(messages)), STATUSES), meter_templates=kept.get("meter_templates"),
+        _conform(unkeyed(kept["statuses"].lazy() if "statuses" in kept else _statuses(messages)), STATUSES),
+        meter_templates=kept.get("meter_templates"),
         meter_ids=kept.get("meter_ids"), transaction_events=te_fields, references=kept.get("references"),
     )
