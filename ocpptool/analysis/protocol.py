@@ -63,28 +63,31 @@ def _ends(ctx: AnalysisContext) -> tuple[pl.LazyFrame, pl.LazyFrame]:
 def unanswered_call(ctx: AnalysisContext) -> pl.LazyFrame:
     timeout = ctx.options.unanswered_timeout_s
     sources, conns = _ends(ctx)
-    latency = ctx.messages.filter(pl.col("call_index").is_not_null()).select(
+    late_s = pl.col("latency_ms") / 1000
+    all_calls = ctx.messages.filter(pl.col("message_type") == "CALL").drop("latency_ms")
+    # the calls to report: never answered, or answered late (the latency is on the answer's row); and the last
+    # answered call of each side of each connection (a group-by, then a join of the few reported calls)
+    late = ctx.messages.filter(pl.col("call_index").is_not_null(), late_s > timeout).select(
         response_index="idx", latency_ms="latency_ms"
     )
-    calls = (
-        ctx.messages.filter(pl.col("message_type") == "CALL")
-        .drop("latency_ms")
-        .join(latency, on="response_index", how="left")
-        .with_columns(
-            t=clock(),
-            later_answered=(
-                pl.col("idx").filter(pl.col("response_index").is_not_null()).max().over("conn", "direction")
-                > pl.col("idx")
-            ).fill_null(False),
-        )
+    last_answered = (
+        all_calls.filter(pl.col("response_index").is_not_null())
+        .group_by("conn", "direction")
+        .agg(_last=pl.col("idx").max())
     )
+    calls = (
+        pl.concat([
+            all_calls.filter(pl.col("response_index").is_null()).with_columns(latency_ms=pl.lit(None, pl.Float64)),
+            all_calls.join(late, on="response_index", how="inner"),
+        ], how="vertical_relaxed")
+        .join(last_answered, on=["conn", "direction"], how="left", nulls_equal=True)
+        .with_columns(t=clock(), later_answered=(pl.col("_last") > pl.col("idx")).fill_null(False))
+    )  # fmt: skip
     remaining = seconds(pl.col("source_end") - pl.col("t"))
     closed_after = seconds(pl.col("closed") - pl.col("t"))
-    late_s = pl.col("latency_ms") / 1000
     what = pl.format("{} CALL {} ({}) from {}", "action", "message_id", "charge_point_id", _side())
     return (
-        calls.filter(pl.col("response_index").is_null() | (late_s > timeout))
-        .join(sources, on="source", how="left")
+        calls.join(sources, on="source", how="left")
         .join(conns, on="conn", how="left")
         .select(
             "charge_point_id",
