@@ -631,7 +631,10 @@ def _raw_samples_compiled(walks: Walks, keep: dict) -> pl.DataFrame:
 
     # the payloads the walker left: the Polars reference
     te_fields = calls.filter(kind == 2).select("idx", *_TE_WALKED, _te_mv=pl.lit(None, pl.String))
-    mv_ids = rows.filter(calls["_kind"] == 0).select("idx", "connector_id", "transaction_id", events_id="transaction_id")
+    mv_ids = rows.filter(calls["_kind"] == 0).select(
+        "idx", "connector_id", "transaction_id", "charge_point_id", events_id="transaction_id",
+        _sure=calls.filter(kind == 0)["_sure"],
+    )
     left = calls.filter(~pl.col("_sure"))
     if left.height:
         mv_left = left.filter(kind == 0)
@@ -735,7 +738,16 @@ def _transactions_16(messages: pl.LazyFrame, meter_ids: pl.DataFrame | None = No
     # MeterValues naming each id: the regex where it reads the id as json_path_match would (an integer or an
     # escape-free string), json_path_match (slow: it parses the whole payload) only for the rest.
     meter_values = messages.filter((pl.col("message_type") == "CALL") & (pl.col("action") == "MeterValues"))
-    if meter_ids is None:
+    if meter_ids is not None and "_sure" in meter_ids.columns:  # read by the compiled walker (_raw_samples_compiled)
+        # its ids are json_path_match's where it was sure; the reference reads the others below
+        ids = meter_ids.lazy()
+        meter_values = pl.concat([
+            ids.filter(pl.col("_sure") | pl.col("events_id").is_not_null())
+            .select("charge_point_id", payload=pl.lit(None, pl.String), fast="events_id"),
+            meter_values.join(ids.filter(~pl.col("_sure") & pl.col("events_id").is_null()).select("idx"), on="idx",
+                              how="semi").select("charge_point_id", "payload", fast=pl.lit(None, pl.String)),
+        ])  # fmt: skip
+    elif meter_ids is None:
         meter_values = meter_values.select(
             "charge_point_id", "payload", fast=_top_scalar("transactionId", number=_STRICT_NUMBER)
         )
