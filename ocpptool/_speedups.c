@@ -273,6 +273,7 @@ static void init_tables(void) {
 }
 
 static inline cp_t skip_ws(cp_t p, cp_t e) {
+    if (p < e && *p > ' ') return p; /* the usual case: no whitespace at all */
     while (p < e && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')) p++;
     return p;
 }
