@@ -60,11 +60,15 @@ struct ArrowArray {
 /* ------------------------------------------------------------------------------------ growable columns */
 
 /* K_F64: doubles stored in the i64 buffer. K_VIEW: Arrow string views ("vu", what Polars holds strings as:
- * no conversion on import): a 16-byte view per row, strings up to 12 bytes inside it, longer ones in one
- * data buffer (below 2 GiB), where repeated long strings are stored once (a small cache of recent ones). */
+ * no conversion on import): a 16-byte view per row, strings up to 12 bytes inside it, longer ones in data
+ * buffers of at most VIEW_BUF_MAX bytes each (a view holds a 32-bit offset), where repeated long strings are
+ * stored once (a small cache of recent ones). */
 enum { K_UTF8, K_I64, K_I8, K_F64, K_VIEW };
 
 #define VIEW_CACHE 256
+#ifndef VIEW_BUF_MAX /* (a test build sets it small, to exercise the change of buffer) */
+#define VIEW_BUF_MAX ((int64_t)1 << 30)
+#endif
 
 typedef struct {
     uint64_t h;
@@ -80,7 +84,10 @@ typedef struct {
     int64_t *i64;
     int8_t *i8;
     uint8_t *views;  /* view: 16 bytes a row */
-    ViewSeen *seen;  /* view: VIEW_CACHE recent long strings */
+    ViewSeen *seen;  /* view: VIEW_CACHE recent long strings (in the current buffer, data) */
+    char **full;     /* view: the data buffers filled before the current one, and their lengths */
+    int64_t *full_len;
+    int nfull;
     uint8_t *valid;  /* validity bitmap, LSB first */
     int64_t nulls;
 } Col;
@@ -120,6 +127,9 @@ static void col_free(Col *c) {
     free(c->i8);
     free(c->views);
     free(c->seen);
+    for (int i = 0; i < c->nfull; i++) free(c->full[i]);
+    free(c->full);
+    free(c->full_len);
     free(c->valid);
     memset(c, 0, sizeof(*c));
 }
@@ -198,7 +208,23 @@ static int view_str(Col *c, const char *s, int64_t len) {
         if (e->h == h && e->len == n32 && memcmp(c->data + e->off, s, (size_t)len) == 0) {
             off = e->off;
         } else {
-            if (c->dlen + len > INT32_MAX || !col_reserve(c, len)) return 0;
+            if (c->dlen + len > VIEW_BUF_MAX) { /* the buffer is full: a new one */
+                char **f = realloc(c->full, sizeof(char *) * (size_t)(c->nfull + 1));
+                if (f) c->full = f;
+                int64_t *fl = f ? realloc(c->full_len, sizeof(int64_t) * (size_t)(c->nfull + 1)) : NULL;
+                if (fl) c->full_len = fl;
+                char *d = fl ? malloc((size_t)(len > 1 << 20 ? len : 1 << 20)) : NULL;
+                if (!d) return 0;
+                c->full[c->nfull] = c->data;
+                c->full_len[c->nfull] = c->dlen;
+                c->nfull++;
+                c->data = d;
+                c->dlen = 0;
+                c->dcap = len > 1 << 20 ? len : 1 << 20;
+                memset(c->seen, 0, VIEW_CACHE * sizeof(ViewSeen));
+                e = &c->seen[h & (VIEW_CACHE - 1)];
+            }
+            if (!col_reserve(c, len)) return 0;
             off = (int32_t)c->dlen;
             memcpy(c->data + c->dlen, s, (size_t)len);
             c->dlen += len;
@@ -206,8 +232,9 @@ static int view_str(Col *c, const char *s, int64_t len) {
             e->off = off;
             e->len = n32;
         }
+        int32_t buf = c->nfull;
         memcpy(v + 4, s, 4);
-        /* buffer index 0, then the offset */
+        memcpy(v + 8, &buf, 4);
         memcpy(v + 12, &off, 4);
     }
     set_valid(c);
@@ -945,13 +972,16 @@ static void run(Ctx *x, cp_t buf, int64_t n, int64_t first_line, int64_t *lines_
 /* --------------------------------------------------------------------------------- export to Python */
 
 typedef struct {
-    void *bufs[4];
-    const void *ptrs[4];
+    int n;
+    void **bufs;
+    const void **ptrs;
 } ArrPriv;
 
 static void release_array(struct ArrowArray *a) {
     ArrPriv *pv = a->private_data;
-    for (int i = 0; i < 4; i++) free(pv->bufs[i]);
+    for (int i = 0; i < pv->n; i++) free(pv->bufs[i]);
+    free(pv->bufs);
+    free(pv->ptrs);
     free(pv);
     a->release = NULL;
 }
@@ -979,10 +1009,22 @@ static PyObject *export_col(Col *c, const char *name) {
     struct ArrowSchema *s = calloc(1, sizeof(*s));
     struct ArrowArray *a = calloc(1, sizeof(*a));
     ArrPriv *pv = calloc(1, sizeof(*pv));
-    if (!s || !a || !pv) {
+    int nb = c->kind == K_VIEW ? 4 + c->nfull : 3; /* validity, values (or offsets, or views), data ... */
+    int64_t *sizes = c->kind == K_VIEW ? malloc(sizeof(int64_t) * (size_t)(c->nfull + 1)) : NULL;
+    if (pv) {
+        pv->n = nb;
+        pv->bufs = calloc((size_t)nb, sizeof(void *));
+        pv->ptrs = calloc((size_t)nb, sizeof(void *));
+    }
+    if (!s || !a || !pv || !pv->bufs || !pv->ptrs || (c->kind == K_VIEW && !sizes)) {
         free(s);
         free(a);
+        if (pv) {
+            free(pv->bufs);
+            free(pv->ptrs);
+        }
         free(pv);
+        free(sizes);
         return PyErr_NoMemory();
     }
     s->format = c->kind == K_UTF8 ? "U" : c->kind == K_VIEW ? "vu" : c->kind == K_I64 ? "l" : c->kind == K_F64 ? "g" : "c";
@@ -1004,22 +1046,20 @@ static PyObject *export_col(Col *c, const char *name) {
         pv->ptrs[2] = c->data;
         a->n_buffers = 3;
     } else if (c->kind == K_VIEW) {
-        int64_t *sizes = malloc(sizeof(int64_t));
-        if (!sizes) {
-            free(s);
-            free(a);
-            free(pv);
-            return PyErr_NoMemory();
-        }
-        *sizes = c->dlen;
+        /* validity, views, the data buffers in order, their lengths */
         free(c->seen);
         pv->bufs[1] = c->views;
-        pv->bufs[2] = c->data;
-        pv->bufs[3] = sizes;
-        pv->ptrs[1] = c->views;
-        pv->ptrs[2] = c->data;
-        pv->ptrs[3] = sizes;
-        a->n_buffers = 4;
+        for (int i = 0; i < c->nfull; i++) {
+            pv->bufs[2 + i] = c->full[i];
+            sizes[i] = c->full_len[i];
+        }
+        pv->bufs[2 + c->nfull] = c->data;
+        sizes[c->nfull] = c->dlen;
+        pv->bufs[3 + c->nfull] = sizes;
+        for (int i = 1; i < nb; i++) pv->ptrs[i] = pv->bufs[i];
+        free(c->full);
+        free(c->full_len);
+        a->n_buffers = nb;
     } else {
         void *vals = c->kind == K_I8 ? (void *)c->i8 : (void *)c->i64;
         pv->bufs[1] = vals;
@@ -1732,18 +1772,27 @@ static int w_template_key(Walk *w, cp_t s, int64_t len, int64_t *out) {
 
 typedef struct {
     int64_t n, dlen, nulls;
+    int nfull;
 } ColMark;
 
 static void col_mark(Col *c, ColMark *m) {
     m->n = c->n;
     m->dlen = c->dlen;
     m->nulls = c->nulls;
+    m->nfull = c->nfull;
 }
 
 /* Drop the rows added since the mark (their validity bits cleared for the rows that come next). */
 static void col_back(Col *c, const ColMark *m) {
     for (int64_t r = m->n; r < c->n; r++) c->valid[r >> 3] &= (uint8_t)~(1u << (r & 7));
-    if (c->kind == K_VIEW && c->dlen != m->dlen) memset(c->seen, 0, VIEW_CACHE * sizeof(ViewSeen));
+    if (c->kind == K_VIEW && (c->dlen != m->dlen || c->nfull != m->nfull)) {
+        memset(c->seen, 0, VIEW_CACHE * sizeof(ViewSeen));
+        if (c->nfull != m->nfull) { /* a buffer was started since the mark: its bytes stay (unreferenced) */
+            c->n = m->n;
+            c->nulls = m->nulls;
+            return;
+        }
+    }
     c->n = m->n;
     c->dlen = m->dlen;
     c->nulls = m->nulls;
