@@ -371,3 +371,5 @@ def test_without_the_splitter_json_lines_still_decode_and_the_user_is_told(tmp_p
     assert [n for n in t.notes if "compiled splitter" in n] == [jsonl._NOT_BUILT]
     out = subprocess.run([sys.executable, "-m", "ocpptool", "--version"], capture_output=True, text=True, check=True)
     assert "compiled JSON-lines splitter: " + ("on" if _speedups is not None else "not built") in out.stdout
+    if _speedups is not None:  # the analysis' payload walker lives in the same extension
+        assert "payload walker: on" in out.stdout

@@ -241,11 +241,14 @@ _NOT_BUILT = (
 
 
 def splitter_state() -> str:
-    """For ``ocpptool --version``: whether JSON lines are split in C."""
+    """For ``ocpptool --version``: whether JSON lines are split, and payloads read for the analysis, in C."""
     if _speedups is None:
         return "compiled JSON-lines splitter: not built"
-    return "compiled JSON-lines splitter: off (OCPPTOOL_PURE)" if os.environ.get("OCPPTOOL_PURE") else (
-        "compiled JSON-lines splitter: on")
+    if os.environ.get("OCPPTOOL_PURE"):
+        return "compiled JSON-lines splitter: off (OCPPTOOL_PURE)"
+    if not hasattr(_speedups, "walk_payloads"):  # an extension built from an older ocpptool/_speedups.c
+        return "compiled JSON-lines splitter: on; payload walker: not built (rebuild: uv sync --reinstall-package ocpptool)"
+    return "compiled JSON-lines splitter: on; payload walker: on"
 
 
 def _compiled(split: bool) -> bool:
