@@ -193,8 +193,16 @@ static int view_str(Col *c, const char *s, int64_t len) {
     int32_t n32 = (int32_t)len;
     memset(v, 0, 16);
     memcpy(v, &n32, 4);
-    if (len <= 12) {
-        memcpy(v + 4, s, (size_t)len);
+    if (len <= 12) { /* fixed-size (overlapping) copies: no call for a few bytes */
+        if (len >= 8) {
+            memcpy(v + 4, s, 8);
+            memcpy(v + 4 + len - 8, s + len - 8, 8);
+        } else if (len >= 4) {
+            memcpy(v + 4, s, 4);
+            memcpy(v + 4 + len - 4, s + len - 4, 4);
+        } else {
+            for (int64_t i = 0; i < len; i++) v[4 + i] = (uint8_t)s[i];
+        }
     } else {
         uint64_t h = (uint64_t)len * 0x9E3779B97F4A7C15ull;
         uint64_t a, b;
@@ -425,6 +433,14 @@ static cp_t skip_string(cp_t p, cp_t e, int *esc) {
         }
         }
     }
+}
+
+/* skip_string where the string is plain ASCII up to its closing quote (keys, enum values, numbers as text:
+ * most of a payload): one SSE2 scan, inline; anything else goes through skip_string from the start. */
+static inline cp_t quick_string(cp_t p, cp_t e, int *esc) {
+    cp_t q = plain_run(p + 1, e);
+    if (q < e && *q == '"') return q + 1;
+    return skip_string(p, e, esc);
 }
 
 /* Validate and unescape one JSON string in a single pass: p after the opening quote; the text goes to out
@@ -1292,7 +1308,7 @@ static inline int wk_scalar_key(int k) { return k >= WK_TIMESTAMP && k <= WK_MUL
 /* A key at p (the opening quote), escape-free: its text; NULL if escaped or invalid. */
 static cp_t w_key(cp_t p, cp_t e, cp_t *ks, int64_t *kl) {
     int esc = 0;
-    cp_t q = skip_string(p, e, &esc);
+    cp_t q = quick_string(p, e, &esc);
     if (!q || esc) return NULL;
     *ks = p + 1;
     *kl = q - 1 - (p + 1);
@@ -1346,7 +1362,7 @@ static cp_t w_scalar_decoded(Walk *w, cp_t p, cp_t e, WScalar *out) {
     switch (*p) {
     case '"': {
         int esc = 0;
-        cp_t q = skip_string(p, e, &esc);
+        cp_t q = quick_string(p, e, &esc);
         if (!q || esc) return NULL;
         out->type = 2;
         out->s = (const char *)p + 1;
@@ -1388,7 +1404,7 @@ static cp_t w_scalar_path(cp_t p, cp_t e, WScalar *out) {
     if (p >= e) return NULL;
     if (*p == '"') {
         int esc = 0;
-        cp_t q = skip_string(p, e, &esc);
+        cp_t q = quick_string(p, e, &esc);
         if (!q || esc) return NULL;
         out->type = 2;
         out->s = (const char *)p + 1;
@@ -1719,7 +1735,7 @@ static cp_t w_value(Walk *w, cp_t p, cp_t e, int depth, int role, unsigned paths
     }
     case '"': {
         int esc = 0;
-        cp_t q = skip_string(p, e, &esc);
+        cp_t q = quick_string(p, e, &esc);
         return (q && !esc) ? q : NULL;
     }
     default:
@@ -1815,8 +1831,10 @@ static int w_payload(Walk *w, cp_t s, int64_t len) {
     if (!w_other_fields(w)) return -1;
     ColMark marks[N_SCOLS];
     for (int i = 0; i < N_SCOLS; i++) col_mark(&w->scol[i], &marks[i]);
-    memset(w->field, 0, sizeof(w->field));
-    memset(w->leaf_seen, 0, sizeof(w->leaf_seen));
+    for (int i = 0; i < cf->npaths; i++) {
+        w->field[i].type = 0;
+        w->leaf_seen[i] = 0;
+    }
     w->ncuts = 0;
     w->numused = 0;
     w->stamp = NULL;
@@ -2210,7 +2228,7 @@ static int cls_blurred(Cls *c, char tag, cp_t s, int64_t n) {
 /* An escape-free string at p (the quote): its end, or NULL (escaped or invalid: a class of its own). */
 static cp_t cls_string(cp_t p, cp_t e) {
     int esc = 0;
-    cp_t q = skip_string(p, e, &esc);
+    cp_t q = quick_string(p, e, &esc);
     return q && !esc ? q : NULL;
 }
 
