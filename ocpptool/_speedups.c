@@ -1204,7 +1204,7 @@ static PyObject *count_lines(PyObject *self, PyObject *args) {
 /*
  * walk_payloads(stream, kinds, configs) reads a column of OCPP payloads (an Arrow string or string-view
  * stream, as Polars exports a Series) without the GIL, each as the configuration of its kind says (kinds: one
- * byte per payload, or None for all the first; a configuration: (meter_key, paths, anywhere, templates)),
+ * byte per payload, or None for all the first; a configuration: (meter_key, paths, anywhere)),
  * and gives, per payload:
  *
  *   - sure: 1 when this code fully understood the payload, else 0: the caller reads that payload with the
@@ -1218,8 +1218,6 @@ static PyObject *count_lines(PyObject *self, PyObject *args) {
  *     "meterValue"): every sampledValue under the top-level array of that name, as json_decode into the
  *     meter-value struct gives it (numbers as Polars prints them, true/false as text), with the meterValue's
  *     timestamp in microseconds (strict ISO 8601; a zone-less time is UTC);
- *   - with templates: a 64-bit key of the payload text with each "value":"..." and "timestamp":"..." literal
- *     cut out (the MeterValues template the schema check classes payloads by);
  *   - always: the first "timestamp" string anywhere (as the time detectors' regex finds it) and that time in
  *     microseconds, and whether a key "offline" holds true anywhere.
  *
@@ -1254,7 +1252,7 @@ typedef struct {
 typedef struct {
     const char *mkey;
     Py_ssize_t mklen;
-    int anywhere, templates, npaths;
+    int anywhere, npaths;
     const char *path[W_MAX_PATHS];
     Py_ssize_t plen[W_MAX_PATHS];
     const char *leaf[W_MAX_PATHS]; /* last segment (anywhere) */
@@ -1269,17 +1267,13 @@ typedef struct {
     /* per payload */
     WScalar field[W_MAX_PATHS];
     int leaf_seen[W_MAX_PATHS];
-    cp_t base;
     cp_t stamp;    /* the first "timestamp" string (content), as the time detectors' regex finds it */
     int64_t stamp_len;
     int offline;   /* a key "offline" holding true, anywhere */
-    int64_t *cuts; /* template literal ranges: (start, end) offsets into the payload */
-    int64_t ncuts, cutcap;
     char numbuf[64 * 16];
     int numused;
     /* output */
-    Col sure, fields[W_MAX_CFG][W_MAX_PATHS], tkey, scol[N_SCOLS], stamp_text, stamp_us, offline_col;
-    char *scratch;
+    Col sure, fields[W_MAX_CFG][W_MAX_PATHS], scol[N_SCOLS], stamp_text, stamp_us, offline_col;
     int64_t scap;
     int oom;
     int64_t row;
@@ -1433,34 +1427,6 @@ static cp_t w_scalar_path(cp_t p, cp_t e, WScalar *out) {
     return NULL;
 }
 
-static int w_add_cut(Walk *w, cp_t s, cp_t e) {
-    if (w->ncuts == w->cutcap) {
-        int64_t cap = w->cutcap ? w->cutcap * 2 : 64;
-        int64_t *c = realloc(w->cuts, sizeof(int64_t) * 2 * (size_t)cap);
-        if (!c) {
-            w->oom = 1;
-            return 0;
-        }
-        w->cuts = c;
-        w->cutcap = cap;
-    }
-    w->cuts[2 * w->ncuts] = s - w->base;
-    w->cuts[2 * w->ncuts + 1] = e - w->base;
-    w->ncuts++;
-    return 1;
-}
-
-/* A "value":"..." / "timestamp":"..." pair as the template regex cuts it: the colon and the opening quote
- * right after the key, a literal without structural characters. ks_end: the byte after the key's quote. */
-static void w_maybe_cut(Walk *w, cp_t ks_end, cp_t v, cp_t vend) {
-    if (!w->c->templates || ks_end[0] != ':' || ks_end + 1 != v || *v != '"') return;
-    for (cp_t r = v + 1; r < vend - 1; r++) {
-        unsigned char c = *r;
-        if (c == '{' || c == '}' || c == '[' || c == ']' || c == ',' || c <= 2) return;
-    }
-    w_add_cut(w, v + 1, vend - 1);
-}
-
 /* A sampled value's text as a number, exactly as a correctly rounded parse reads it: "-?D+(.D+)?" with at
  * most 15 significant digits (an integer below 2^53 over a power of ten up to 1e22: one IEEE division,
  * correctly rounded), and its count of fraction digits as written. 0 for any other text. */
@@ -1525,7 +1491,6 @@ static cp_t w_object(Walk *w, cp_t p, cp_t e, int depth, int role, unsigned path
         int64_t kl;
         cp_t q = w_key(p, e, &ks, &kl);
         if (!q) return NULL;
-        cp_t key_end = q;
         p = skip_ws(q, e);
         if (p >= e || *p != ':') return NULL;
         p = skip_ws(p + 1, e);
@@ -1695,7 +1660,6 @@ static cp_t w_object(Walk *w, cp_t p, cp_t e, int depth, int role, unsigned path
             p = w_value(w, p, e, depth + 1, R_ANY, 0, 0, NULL);
         }
         if (!p) return NULL;
-        if (k == WK_VALUE || k == WK_TIMESTAMP) w_maybe_cut(w, key_end, v, p);
         if (k == WK_TIMESTAMP && c == '"' && !w->stamp) {
             w->stamp = v + 1;
             w->stamp_len = p - 1 - (v + 1);
@@ -1750,42 +1714,6 @@ static inline uint64_t w_mix(uint64_t h, uint64_t v) {
     return h;
 }
 
-/* 64-bit key of the template text (the payload with its cut literals replaced by a marker byte). */
-static int w_template_key(Walk *w, cp_t s, int64_t len, int64_t *out) {
-    if (w->scap < len + 16) {
-        int64_t cap = (len + 16) * 2;
-        char *b = realloc(w->scratch, (size_t)cap);
-        if (!b) return 0;
-        w->scratch = b;
-        w->scap = cap;
-    }
-    char *o = w->scratch;
-    int64_t at = 0;
-    for (int64_t i = 0; i < w->ncuts; i++) {
-        int64_t cs = w->cuts[2 * i], ce = w->cuts[2 * i + 1];
-        memcpy(o, s + at, (size_t)(cs - at));
-        o += cs - at;
-        *o++ = '\x01';
-        at = ce;
-    }
-    memcpy(o, s + at, (size_t)(len - at));
-    o += len - at;
-    int64_t n = o - w->scratch;
-    uint64_t h = 0x243F6A8885A308D3ull ^ (uint64_t)n;
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        uint64_t v;
-        memcpy(&v, w->scratch + i, 8);
-        h = w_mix(h, v);
-    }
-    uint64_t tail = 0;
-    memcpy(&tail, w->scratch + i, (size_t)(n - i));
-    h = w_mix(h, tail ^ ((uint64_t)(n - i) << 56));
-    h = w_mix(h, (uint64_t)n);
-    *out = (int64_t)h;
-    return 1;
-}
-
 typedef struct {
     int64_t n, dlen, nulls;
     int nfull;
@@ -1824,22 +1752,28 @@ static int w_other_fields(Walk *w) {
     return 1;
 }
 
+/* The row of a payload the walker leaves (not sure, or null): its fields, time and flag null. */
+static int w_unsure(Walk *w) {
+    Col *fields = w->fields[w->c - w->cfg];
+    if (!col_i8(&w->sure, 0)) return 0;
+    for (int i = 0; i < w->c->npaths; i++)
+        if (!col_null(&fields[i])) return 0;
+    return col_null(&w->stamp_text) && col_null(&w->stamp_us) && col_i8(&w->offline_col, 0);
+}
+
 /* One payload: 1 sure, 0 not sure, -1 out of memory. */
 static int w_payload(Walk *w, cp_t s, int64_t len) {
     const WCfg *cf = w->c;
     Col *fields = w->fields[cf - w->cfg];
-    if (!w_other_fields(w)) return -1;
     ColMark marks[N_SCOLS];
     for (int i = 0; i < N_SCOLS; i++) col_mark(&w->scol[i], &marks[i]);
     for (int i = 0; i < cf->npaths; i++) {
         w->field[i].type = 0;
         w->leaf_seen[i] = 0;
     }
-    w->ncuts = 0;
     w->numused = 0;
     w->stamp = NULL;
     w->offline = 0;
-    w->base = s;
     cp_t e = s + len, p = skip_ws(s, e);
     int ok = p < e && *p == '{';
     if (ok) {
@@ -1849,17 +1783,10 @@ static int w_payload(Walk *w, cp_t s, int64_t len) {
     }
     int64_t stamp_us = 0;
     if (ok && w->stamp && !iso_us_zone(w->stamp, w->stamp_len, &stamp_us, 1)) ok = 0; /* a time Polars reads */
-    int64_t key = 0;
-    if (ok && cf->templates && !w_template_key(w, s, len, &key)) return -1;
     if (w->oom) return -1;
     if (!ok) {
         for (int i = 0; i < N_SCOLS; i++) col_back(&w->scol[i], &marks[i]);
-        if (!col_i8(&w->sure, 0)) return -1;
-        for (int i = 0; i < cf->npaths; i++)
-            if (!col_null(&fields[i])) return -1;
-        if (!col_null(&w->tkey)) return -1;
-        if (!col_null(&w->stamp_text) || !col_null(&w->stamp_us) || !col_i8(&w->offline_col, 0)) return -1;
-        return 0;
+        return w_unsure(w) ? 0 : -1;
     }
     if (w->stamp) {
         if (!col_str(&w->stamp_text, (const char *)w->stamp, w->stamp_len) || !col_i64(&w->stamp_us, stamp_us)) return -1;
@@ -1872,57 +1799,6 @@ static int w_payload(Walk *w, cp_t s, int64_t len) {
         WScalar *f = &w->field[i];
         if (!(f->type == 2 ? col_str(&fields[i], f->s, f->len) : col_null(&fields[i]))) return -1;
     }
-    if (!(cf->templates ? col_i64(&w->tkey, key) : col_null(&w->tkey))) return -1;
-    return 1;
-}
-
-/* The payloads of one Arrow array ("vu" string view, "U" large string, "u" string): calls w_payload on
- * each; a null payload is not sure. Returns 0 on out of memory. */
-static int w_array(Walk *w, const char *format, struct ArrowArray *a, const uint8_t *kinds) {
-    const uint8_t *valid = a->buffers[0];
-    for (int64_t i = 0; i < a->length; i++) {
-        w->c = &w->cfg[kinds ? kinds[w->row] : 0];
-        int64_t j = i + a->offset;
-        cp_t s = NULL;
-        int64_t len = 0;
-        int present = !valid || (valid[j >> 3] >> (j & 7)) & 1;
-        if (present) {
-            if (format[0] == 'v') {
-                const uint8_t *view = (const uint8_t *)a->buffers[1] + 16 * j;
-                int32_t n;
-                memcpy(&n, view, 4);
-                len = n;
-                if (n <= 12) {
-                    s = view + 4;
-                } else {
-                    int32_t bi, off;
-                    memcpy(&bi, view + 8, 4);
-                    memcpy(&off, view + 12, 4);
-                    s = (const uint8_t *)a->buffers[2 + bi] + off;
-                }
-            } else if (format[0] == 'U') {
-                const int64_t *o = a->buffers[1];
-                s = (const uint8_t *)a->buffers[2] + o[j];
-                len = o[j + 1] - o[j];
-            } else {
-                const int32_t *o = a->buffers[1];
-                s = (const uint8_t *)a->buffers[2] + o[j];
-                len = o[j + 1] - o[j];
-            }
-        }
-        int r;
-        if (present) {
-            r = w_payload(w, s, len);
-        } else {
-            r = col_i8(&w->sure, 0) && w_other_fields(w) ? 0 : -1;
-            for (int k = 0; k < w->c->npaths && r >= 0; k++)
-                if (!col_null(&w->fields[w->c - w->cfg][k])) r = -1;
-            if (r >= 0 && !col_null(&w->tkey)) r = -1;
-            if (r >= 0 && (!col_null(&w->stamp_text) || !col_null(&w->stamp_us) || !col_i8(&w->offline_col, 0))) r = -1;
-        }
-        if (r < 0) return 0;
-        w->row++;
-    }
     return 1;
 }
 
@@ -1934,25 +1810,120 @@ struct ArrowArrayStream {
     void *private_data;
 };
 
+/* A string column taken from an Arrow stream capsule (as Polars exports a Series): its arrays ("vu"
+ * string view, "U" large string or "u" string), kept until strings_free. */
+typedef struct {
+    struct ArrowArray *arrays;
+    int64_t n, rows;
+    struct ArrowSchema schema;
+    char format[3];
+} Strings;
+
+static void strings_free(Strings *t) {
+    for (int64_t i = 0; i < t->n; i++)
+        if (t->arrays[i].release) t->arrays[i].release(&t->arrays[i]);
+    free(t->arrays);
+    if (t->schema.release) t->schema.release(&t->schema);
+    memset(t, 0, sizeof(*t));
+}
+
+/* Reads every array of the stream (with the GIL: the stream is Polars' code). 0 with an exception set;
+ * `who` names the caller in its messages. Call strings_free either way. */
+static int strings_read(PyObject *cap, const char *who, Strings *t) {
+    memset(t, 0, sizeof(*t));
+    struct ArrowArrayStream *st = PyCapsule_GetPointer(cap, "arrow_array_stream");
+    if (!st) return 0;
+    if (st->get_schema(st, &t->schema) != 0) {
+        PyErr_Format(PyExc_ValueError, "%s: the stream gave no schema", who);
+        return 0;
+    }
+    strncpy(t->format, t->schema.format, 2);
+    if (strcmp(t->format, "vu") != 0 && strcmp(t->format, "U") != 0 && strcmp(t->format, "u") != 0) {
+        PyErr_Format(PyExc_ValueError, "%s: a string column expected (Arrow format %s)", who, t->schema.format);
+        return 0;
+    }
+    for (;;) {
+        struct ArrowArray a;
+        memset(&a, 0, sizeof(a));
+        if (st->get_next(st, &a) != 0) {
+            PyErr_Format(PyExc_ValueError, "%s: the stream failed", who);
+            return 0;
+        }
+        if (!a.release) return 1;
+        struct ArrowArray *grown = realloc(t->arrays, sizeof(*t->arrays) * (size_t)(t->n + 1));
+        if (!grown) {
+            a.release(&a);
+            PyErr_NoMemory();
+            return 0;
+        }
+        t->arrays = grown;
+        t->arrays[t->n++] = a;
+        t->rows += a.length;
+    }
+}
+
+/* Value i of one of the column's arrays: 0 when null, else 1 with its bytes. */
+static inline int string_at(const Strings *t, const struct ArrowArray *a, int64_t i, cp_t *s, int64_t *len) {
+    int64_t j = i + a->offset;
+    const uint8_t *valid = a->buffers[0];
+    if (valid && !((valid[j >> 3] >> (j & 7)) & 1)) return 0;
+    if (t->format[0] == 'v') {
+        const uint8_t *view = (const uint8_t *)a->buffers[1] + 16 * j;
+        int32_t n, bi, off;
+        memcpy(&n, view, 4);
+        *len = n;
+        if (n <= 12) {
+            *s = view + 4;
+        } else {
+            memcpy(&bi, view + 8, 4);
+            memcpy(&off, view + 12, 4);
+            *s = (const uint8_t *)a->buffers[2 + bi] + off;
+        }
+    } else if (t->format[0] == 'U') {
+        const int64_t *o = a->buffers[1];
+        *s = (const uint8_t *)a->buffers[2] + o[j];
+        *len = o[j + 1] - o[j];
+    } else {
+        const int32_t *o = a->buffers[1];
+        *s = (const uint8_t *)a->buffers[2] + o[j];
+        *len = o[j + 1] - o[j];
+    }
+    return 1;
+}
+
+/* Every payload of the column, each as its kind's configuration says; a null payload is not sure. Returns
+ * 0 on out of memory. */
+static int w_column(Walk *w, const Strings *t, const uint8_t *kinds) {
+    for (int64_t k = 0; k < t->n; k++) {
+        const struct ArrowArray *a = &t->arrays[k];
+        for (int64_t i = 0; i < a->length; i++) {
+            w->c = &w->cfg[kinds ? kinds[w->row] : 0];
+            cp_t s;
+            int64_t len;
+            if (!w_other_fields(w)) return 0;
+            if (string_at(t, a, i, &s, &len) ? w_payload(w, s, len) < 0 : !w_unsure(w)) return 0;
+            w->row++;
+        }
+    }
+    return 1;
+}
+
 static void walk_free(Walk *w) {
     col_free(&w->sure);
-    col_free(&w->tkey);
     col_free(&w->stamp_text);
     col_free(&w->stamp_us);
     col_free(&w->offline_col);
     for (int k = 0; k < W_MAX_CFG; k++)
         for (int i = 0; i < W_MAX_PATHS; i++) col_free(&w->fields[k][i]);
     for (int i = 0; i < N_SCOLS; i++) col_free(&w->scol[i]);
-    free(w->cuts);
-    free(w->scratch);
 }
 
-/* One configuration from (meter_key, paths, anywhere, templates). */
+/* One configuration from (meter_key, paths, anywhere). */
 static int w_config(WCfg *c, PyObject *t) {
     PyObject *mkey, *paths;
-    int anywhere, templates;
-    if (!PyTuple_Check(t) || !PyArg_ParseTuple(t, "OO!pp", &mkey, &PyTuple_Type, &paths, &anywhere, &templates)) {
-        if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "a configuration: (meter_key, paths, anywhere, templates)");
+    int anywhere;
+    if (!PyTuple_Check(t) || !PyArg_ParseTuple(t, "OO!p", &mkey, &PyTuple_Type, &paths, &anywhere)) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "a configuration: (meter_key, paths, anywhere)");
         return 0;
     }
     if (mkey != Py_None) {
@@ -1989,7 +1960,6 @@ static int w_config(WCfg *c, PyObject *t) {
         }
     }
     c->anywhere = anywhere;
-    c->templates = templates;
     return 1;
 }
 
@@ -1997,15 +1967,11 @@ static PyObject *walk_payloads(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *stream_cap, *kinds_obj, *configs;
     if (!PyArg_ParseTuple(args, "OOO!", &stream_cap, &kinds_obj, &PyTuple_Type, &configs)) return NULL;
-    struct ArrowArrayStream *st = PyCapsule_GetPointer(stream_cap, "arrow_array_stream");
-    if (!st) return NULL;
     Walk *w = calloc(1, sizeof(Walk));
     if (!w) return PyErr_NoMemory();
     PyObject *out = NULL;
-    struct ArrowArray *arrays = NULL;
-    int64_t narrays = 0, rows = 0;
-    struct ArrowSchema schema;
-    memset(&schema, 0, sizeof(schema));
+    Strings t;
+    memset(&t, 0, sizeof(t));
     Py_buffer kinds;
     int have_kinds = 0, meters = 0;
     w->ncfg = (int)PyTuple_GET_SIZE(configs);
@@ -2021,34 +1987,8 @@ static PyObject *walk_payloads(PyObject *self, PyObject *args) {
         if (PyObject_GetBuffer(kinds_obj, &kinds, PyBUF_SIMPLE) < 0) goto done;
         have_kinds = 1;
     }
-    if (st->get_schema(st, &schema) != 0) {
-        PyErr_SetString(PyExc_ValueError, "walk_payloads: the stream gave no schema");
-        goto done;
-    }
-    char format[3] = {0};
-    strncpy(format, schema.format, 2);
-    if (strcmp(format, "vu") != 0 && strcmp(format, "U") != 0 && strcmp(format, "u") != 0) {
-        PyErr_Format(PyExc_ValueError, "walk_payloads: a string column expected (Arrow format %s)", schema.format);
-        goto done;
-    }
-    for (;;) {
-        struct ArrowArray a;
-        memset(&a, 0, sizeof(a));
-        if (st->get_next(st, &a) != 0) {
-            PyErr_SetString(PyExc_ValueError, "walk_payloads: the stream failed");
-            goto done;
-        }
-        if (!a.release) break;
-        struct ArrowArray *grown = realloc(arrays, sizeof(*arrays) * (size_t)(narrays + 1));
-        if (!grown) {
-            a.release(&a);
-            PyErr_NoMemory();
-            goto done;
-        }
-        arrays = grown;
-        arrays[narrays++] = a;
-        rows += a.length;
-    }
+    if (!strings_read(stream_cap, "walk_payloads", &t)) goto done;
+    int64_t rows = t.rows;
     if (have_kinds) {
         if (kinds.len != rows) {
             PyErr_SetString(PyExc_ValueError, "kinds: one byte per payload");
@@ -2060,9 +2000,8 @@ static PyObject *walk_payloads(PyObject *self, PyObject *args) {
                 goto done;
             }
     }
-    int ok = col_init(&w->sure, K_I8, rows, 0) && col_init(&w->tkey, K_I64, rows, 0) &&
-             col_init(&w->stamp_text, K_VIEW, rows, rows * 24) && col_init(&w->stamp_us, K_I64, rows, 0) &&
-             col_init(&w->offline_col, K_I8, rows, 0);
+    int ok = col_init(&w->sure, K_I8, rows, 0) && col_init(&w->stamp_text, K_VIEW, rows, rows * 24) &&
+             col_init(&w->stamp_us, K_I64, rows, 0) && col_init(&w->offline_col, K_I8, rows, 0);
     for (int k = 0; k < w->ncfg; k++)
         for (int i = 0; i < w->cfg[k].npaths && ok; i++) ok = col_init(&w->fields[k][i], K_VIEW, rows, rows * 8);
     int64_t srows = meters ? rows * 4 : 16;
@@ -2075,13 +2014,13 @@ static PyObject *walk_payloads(PyObject *self, PyObject *args) {
     }
     const uint8_t *kp = have_kinds ? (const uint8_t *)kinds.buf : NULL;
     Py_BEGIN_ALLOW_THREADS
-    for (int64_t i = 0; i < narrays && ok; i++) ok = w_array(w, format, &arrays[i], kp);
+    ok = w_column(w, &t, kp);
     Py_END_ALLOW_THREADS
     if (!ok) {
         PyErr_NoMemory();
         goto done;
     }
-    PyObject *fields = PyTuple_New(w->ncfg), *samples = NULL, *sure = NULL, *tkey = NULL, *stamps = NULL;
+    PyObject *fields = PyTuple_New(w->ncfg), *samples = NULL, *sure = NULL, *stamps = NULL;
     if (!fields) goto done;
     for (int k = 0; k < w->ncfg; k++) {
         PyObject *group = PyTuple_New(w->cfg[k].npaths);
@@ -2100,7 +2039,6 @@ static PyObject *walk_payloads(PyObject *self, PyObject *args) {
         }
     }
     sure = export_col(&w->sure, "sure");
-    tkey = sure ? export_col(&w->tkey, "key") : NULL;
     if (meters) {
         samples = PyDict_New();
         for (int i = 0; i < N_SCOLS && samples; i++) {
@@ -2130,18 +2068,14 @@ static PyObject *walk_payloads(PyObject *self, PyObject *args) {
             PyTuple_SET_ITEM(stamps, 2, c);
         }
     }
-    if (sure && tkey && samples && stamps) out = PyTuple_Pack(5, sure, fields, samples, tkey, stamps);
+    if (sure && samples && stamps) out = PyTuple_Pack(4, sure, fields, samples, stamps);
     Py_XDECREF(stamps);
     Py_XDECREF(sure);
     Py_DECREF(fields);
     Py_XDECREF(samples);
-    Py_XDECREF(tkey);
 done:
     if (have_kinds) PyBuffer_Release(&kinds);
-    for (int64_t i = 0; i < narrays; i++)
-        if (arrays[i].release) arrays[i].release(&arrays[i]);
-    free(arrays);
-    if (schema.release) schema.release(&schema);
+    strings_free(&t);
     walk_free(w);
     free(w);
     return out;
@@ -2308,18 +2242,14 @@ static PyObject *class_keys(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *stream_cap, *enums;
     if (!PyArg_ParseTuple(args, "OO!", &stream_cap, &PyTuple_Type, &enums)) return NULL;
-    struct ArrowArrayStream *st = PyCapsule_GetPointer(stream_cap, "arrow_array_stream");
-    if (!st) return NULL;
     Cls c;
     memset(&c, 0, sizeof(c));
     Col exact, cls;
     memset(&exact, 0, sizeof(exact));
     memset(&cls, 0, sizeof(cls));
     PyObject *out = NULL;
-    struct ArrowArray *arrays = NULL;
-    int64_t narrays = 0, rows = 0;
-    struct ArrowSchema schema;
-    memset(&schema, 0, sizeof(schema));
+    Strings t;
+    memset(&t, 0, sizeof(t));
     Py_ssize_t ne = PyTuple_GET_SIZE(enums);
     if (ne >= 0xFFFF) {
         PyErr_SetString(PyExc_ValueError, "enums: fewer than 65535");
@@ -2354,73 +2284,22 @@ static PyObject *class_keys(PyObject *self, PyObject *args) {
     for (int i = '0'; i <= '9'; i++) c.blur[i] = 'a';
     for (int i = 'a'; i <= 'z'; i++) c.blur[i] = 'a';
     for (int i = 'A'; i <= 'Z'; i++) c.blur[i] = 'a';
-    if (st->get_schema(st, &schema) != 0) {
-        PyErr_SetString(PyExc_ValueError, "class_keys: the stream gave no schema");
-        goto done;
-    }
-    char format[3] = {0};
-    strncpy(format, schema.format, 2);
-    if (strcmp(format, "vu") != 0 && strcmp(format, "U") != 0 && strcmp(format, "u") != 0) {
-        PyErr_Format(PyExc_ValueError, "class_keys: a string column expected (Arrow format %s)", schema.format);
-        goto done;
-    }
-    for (;;) {
-        struct ArrowArray a;
-        memset(&a, 0, sizeof(a));
-        if (st->get_next(st, &a) != 0) {
-            PyErr_SetString(PyExc_ValueError, "class_keys: the stream failed");
-            goto done;
-        }
-        if (!a.release) break;
-        struct ArrowArray *grown = realloc(arrays, sizeof(*arrays) * (size_t)(narrays + 1));
-        if (!grown) {
-            a.release(&a);
-            PyErr_NoMemory();
-            goto done;
-        }
-        arrays = grown;
-        arrays[narrays++] = a;
-        rows += a.length;
-    }
-    if (!col_init(&exact, K_I64, rows, 0) || !col_init(&cls, K_I64, rows, 0)) {
+    if (!strings_read(stream_cap, "class_keys", &t)) goto done;
+    if (!col_init(&exact, K_I64, t.rows, 0) || !col_init(&cls, K_I64, t.rows, 0)) {
         PyErr_NoMemory();
         goto done;
     }
     int ok = 1;
     Py_BEGIN_ALLOW_THREADS
-    for (int64_t k = 0; k < narrays && ok; k++) {
-        struct ArrowArray *a = &arrays[k];
-        const uint8_t *valid = a->buffers[0];
+    for (int64_t k = 0; k < t.n && ok; k++) {
+        const struct ArrowArray *a = &t.arrays[k];
         for (int64_t i = 0; i < a->length && ok; i++) {
-            int64_t j = i + a->offset;
-            if (valid && !((valid[j >> 3] >> (j & 7)) & 1)) {
+            cp_t s;
+            int64_t len, x, y;
+            if (!string_at(&t, a, i, &s, &len)) {
                 ok = col_null(&exact) && col_null(&cls);
                 continue;
             }
-            cp_t s;
-            int64_t len;
-            if (format[0] == 'v') {
-                const uint8_t *view = (const uint8_t *)a->buffers[1] + 16 * j;
-                int32_t n, bi, off;
-                memcpy(&n, view, 4);
-                len = n;
-                if (n <= 12) {
-                    s = view + 4;
-                } else {
-                    memcpy(&bi, view + 8, 4);
-                    memcpy(&off, view + 12, 4);
-                    s = (const uint8_t *)a->buffers[2 + bi] + off;
-                }
-            } else if (format[0] == 'U') {
-                const int64_t *o = a->buffers[1];
-                s = (const uint8_t *)a->buffers[2] + o[j];
-                len = o[j + 1] - o[j];
-            } else {
-                const int32_t *o = a->buffers[1];
-                s = (const uint8_t *)a->buffers[2] + o[j];
-                len = o[j + 1] - o[j];
-            }
-            int64_t x, y;
             cls_one(&c, s, len, &x, &y);
             ok = !c.oom && col_i64(&exact, x) && col_i64(&cls, y);
         }
@@ -2435,10 +2314,7 @@ static PyObject *class_keys(PyObject *self, PyObject *args) {
     Py_XDECREF(a);
     Py_XDECREF(b);
 done:
-    for (int64_t i = 0; i < narrays; i++)
-        if (arrays[i].release) arrays[i].release(&arrays[i]);
-    free(arrays);
-    if (schema.release) schema.release(&schema);
+    strings_free(&t);
     col_free(&exact);
     col_free(&cls);
     free(c.slot);
@@ -2449,7 +2325,7 @@ done:
 
 static PyMethodDef METHODS[] = {
     {"walk_payloads", walk_payloads, METH_VARARGS,
-     "walk_payloads(stream, kinds, configs) -> (sure, fields, samples, template_keys, stamps)\n\n"
+     "walk_payloads(stream, kinds, configs) -> (sure, fields, samples, stamps)\n\n"
      "Read OCPP payloads (an Arrow string stream capsule) for the analysis; see the C source."},
     {"class_keys", class_keys, METH_VARARGS,
      "class_keys(stream, enums) -> (exact, class)\n\n"

@@ -9,12 +9,11 @@ def count_lines(buffer: _Buffer) -> int: ...
 def walk_payloads(
     stream: object,
     kinds: _Buffer | None,
-    configs: tuple[tuple[bytes | None, tuple[bytes, ...], bool, bool], ...],
+    configs: tuple[tuple[bytes | None, tuple[bytes, ...], bool], ...],
 ) -> tuple[
     tuple[object, object],
     tuple[tuple[tuple[object, object], ...], ...],
     dict[str, tuple[object, object]] | None,
-    tuple[object, object],
     tuple[tuple[object, object], tuple[object, object], tuple[object, object]],
 ]: ...
 def class_keys(stream: object, enums: tuple[bytes, ...]) -> tuple[tuple[object, object], tuple[object, object]]: ...

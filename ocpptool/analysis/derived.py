@@ -575,10 +575,10 @@ def walk_calls(messages: pl.LazyFrame) -> Walks:
         return Walks(calls, other, w, w_other.result())
 
 
-def _statuses_compiled(walks: Walks) -> pl.DataFrame:
+def _statuses_compiled(calls: pl.DataFrame) -> pl.DataFrame:
     """:func:`_statuses` from the walker's reading of the StatusNotification payloads it is sure of (their
-    fields as json_path_match gives them), the reference's expressions for the rest."""
-    calls = walks.calls.with_columns(_sure=walks.w.sure).hstack(walks.w.fields[3])
+    fields as json_path_match gives them), the reference's expressions for the rest. ``calls``: the walked
+    rows with what the walker read (see :func:`_raw_samples_compiled`)."""
     status = calls.filter(pl.col("_kind") == 3)
     read = status.filter(pl.col("_sure")).select(
         "idx", "charge_point_id", "conn",
@@ -601,24 +601,23 @@ def _raw_samples_compiled(walks: Walks, keep: dict) -> pl.DataFrame:
     expressions for the rest: the same rows, collected. Also keeps ``meter_ids`` and ``events`` (the
     TransactionEvent fields) in ``keep``."""
     w = walks.w
-    calls = walks.calls.hstack([*w.fields[0], *w.fields[1], *w.fields[2]]).with_columns(_sure=w.sure)
-    keep["statuses"] = _statuses_compiled(walks)
+    calls = walks.calls.hstack([c for f in w.fields for c in f]).with_columns(_sure=w.sure)
+    keep["statuses"] = _statuses_compiled(calls)
     kind = pl.col("_kind")
+    tid = pl.coalesce("_tid", "_stop_tid", "_te_tid")
     cols = ("_row", "idx", "charge_point_id", "conn", "ts")
     # per-message columns, gathered onto their samples
     ids = pl.coalesce(*(pl.col(c).cast(pl.Int64, strict=False) for c in ("_c1", "_c2")))
     stop_ids = pl.coalesce(*(pl.col(c).cast(pl.Int64, strict=False) for c in ("_stop_c1", "_stop_c2")))
     rows = calls.select(
-        *cols, source_action="action",
+        *cols, "_kind", "_sure", source_action="action", transaction_id=tid,
         connector_id=pl.when(kind == 0).then(ids).when(kind == 2).then(_as_int(pl.col("_te_evse"))),
-        transaction_id=pl.coalesce("_tid", "_stop_tid", "_te_tid"),
     )  # fmt: skip
     # the transaction references (transactions.references) of the payloads the walker read
     from .transactions import references
 
     refs = calls.filter(pl.col("_sure")).select(
-        "idx", "ts", "charge_point_id", "conn", "action", transaction_id=pl.coalesce("_tid", "_stop_tid", "_te_tid"),
-        event_type="_te_event",
+        "idx", "ts", "charge_point_id", "conn", "action", transaction_id=tid, event_type="_te_event",
         connector_id=pl.when(kind == 0).then(ids).when(kind == 1).then(stop_ids)
         .otherwise(pl.col("_te_evse").cast(pl.Int64, strict=False)),
     ).filter(pl.col("transaction_id").is_not_null())  # fmt: skip
@@ -631,9 +630,8 @@ def _raw_samples_compiled(walks: Walks, keep: dict) -> pl.DataFrame:
 
     # the payloads the walker left: the Polars reference
     te_fields = calls.filter(kind == 2).select("idx", *_TE_WALKED, _te_mv=pl.lit(None, pl.String))
-    mv_ids = rows.filter(calls["_kind"] == 0).select(
-        "idx", "connector_id", "transaction_id", "charge_point_id", events_id="transaction_id",
-        _sure=calls.filter(kind == 0)["_sure"],
+    mv_ids = rows.filter(kind == 0).select(
+        "idx", "connector_id", "transaction_id", "charge_point_id", "_sure", events_id="transaction_id"
     )
     left = calls.filter(~pl.col("_sure"))
     if left.height:

@@ -373,10 +373,6 @@ def concurrent_calls(ctx: AnalysisContext) -> pl.LazyFrame:
     many messages broke the rule. Compare the payload with the schema named in the summary.""",
 )
 def schema_violation(ctx: AnalysisContext) -> pl.LazyFrame:
-    prepared = ctx.schema_classes
-    if prepared is None and ctx.meter_templates is None:  # (a run that did not class them on a second thread)
-        from .walk import available
-
-        if available():
-            prepared = schemas.untemplated_classes(ctx.messages)
-    return schemas.violations(ctx.messages, EVIDENCE_CAP, meter_templates=ctx.meter_templates, prepared=prepared)
+    return schemas.violations(
+        ctx.messages, EVIDENCE_CAP, meter_templates=ctx.meter_templates, prepared=ctx.schema_classes
+    )

@@ -280,7 +280,7 @@ def literals_free(version_dir: str, name: str, keys: tuple[str, ...]) -> bool:
     return walk(root)
 
 
-def _meter_values_keys(rows: pl.LazyFrame, meter_templates: pl.DataFrame, messages: pl.LazyFrame) -> pl.LazyFrame:
+def _meter_values_keys(rows: pl.LazyFrame, meter_templates: pl.DataFrame) -> pl.LazyFrame:
     """Class keys of MeterValues rows from their templates (see :mod:`.derived`): no text pass over them.
 
     A payload is its template with its literals (``"key":"escape-free string"``) put back. Every match of
@@ -292,7 +292,7 @@ def _meter_values_keys(rows: pl.LazyFrame, meter_templates: pl.DataFrame, messag
     """
     templates = meter_templates.lazy()
     canonical_templates = (
-        templates.group_by("key").agg(pl.col("template").drop_nulls().first())
+        templates.group_by("key").agg(pl.col("template").first())
         .select("key", t=class_key(pl.col("template")))
     )
     # Where the schema does not look into these strings (every OCPP MeterValues schema: a sample's value is
@@ -312,12 +312,6 @@ def _meter_values_keys(rows: pl.LazyFrame, meter_templates: pl.DataFrame, messag
     if len(free) == len(dirs):
         return plain
     rows = rows.filter(~pl.col("dir").is_in(free))
-    if "_lit_value" not in meter_templates.columns:  # templates keyed by the compiled walker: the literals
-        from .derived import _STRING
-
-        templates = templates.join(messages.select("idx", "payload"), on="idx").select(
-            "idx", "key", "template", **{f"_lit_{k}": pl.col("payload").str.extract_all(f'"{k}":{_STRING}') for k in _CUTS}
-        )
     e = pl.element()
     shape = (
         pl.when(e.str.contains(r'^"value":"[0-9]+(?:\.[0-9]+)?"$'))
@@ -412,19 +406,12 @@ def violations(
     if prepared is not None and prepared[1] is None:  # every row classed in C already
         return _report(_keyed_failures(rows, messages.select("idx", "payload")), evidence_cap)
     if meter_templates is not None:
-        templated = _meter_values_keys(rows.filter(pl.col("action") == "MeterValues"), meter_templates, messages)
+        templated = _meter_values_keys(rows.filter(pl.col("action") == "MeterValues"), meter_templates)
         if prepared is None:
             rows_left = rows.join(meter_templates.lazy().select("idx"), on="idx", how="anti")
             distinct = _classes(rows_left)
         else:
             distinct = prepared[1].lazy()  # type: ignore[union-attr]
-            # MeterValues requests without a template (payloads the compiled walker left): classed by text
-            untemplated = (
-                rows.filter((pl.col("kind") == "request") & (pl.col("action") == "MeterValues"))
-                .join(meter_templates.lazy().select("idx"), on="idx", how="anti")
-                .join(messages.select("idx", "payload"), on="idx")
-            )
-            distinct = pl.concat([distinct, _classes(untemplated)], how="vertical_relaxed")
         distinct = pl.concat([distinct, templated], how="vertical_relaxed")
     else:
         distinct = _classes(rows)

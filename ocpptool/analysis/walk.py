@@ -10,11 +10,13 @@ reference. ``OCPPTOOL_PURE=1`` (or an install without the extension) reads every
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import polars as pl
 
+from ..arrow_c import column
 from ..tables.schemas import TS
 
 try:
@@ -31,35 +33,19 @@ def available() -> bool:
     return _speedups is not None and hasattr(_speedups, "walk_payloads") and not os.environ.get("OCPPTOOL_PURE")
 
 
-class _Arrow:
-    __slots__ = ("pair",)
-
-    def __init__(self, pair: tuple[object, object]) -> None:
-        self.pair = pair
-
-    def __arrow_c_array__(self, requested_schema: object = None) -> tuple[object, object]:
-        return self.pair
-
-
-def _series(name: str, pair: tuple[object, object]) -> pl.Series:
-    return pl.Series(name, _Arrow(pair))
-
-
 @dataclass(frozen=True)
 class Config:
     """How one kind of payload is read. ``paths``: output column name -> ``"a"`` or ``"a.b"``; ``anywhere``:
     single keys read as a regex's first match in the text reads them (top-level, occurring once);
-    ``meter_key``: the top-level array of meter values to explode; ``templates``: the MeterValues template
-    key of each payload."""
+    ``meter_key``: the top-level array of meter values to explode."""
 
     meter_key: str | None = None
     paths: tuple[tuple[str, str], ...] = ()
     anywhere: bool = False
-    templates: bool = False
 
     def arg(self) -> tuple:
         return (self.meter_key.encode() if self.meter_key else None, tuple(p.encode() for _, p in self.paths),
-                self.anywhere, self.templates)
+                self.anywhere)
 
 
 @dataclass
@@ -72,15 +58,25 @@ class Walked:
     # fields as json_decode reads them (``unit``: unit, else unitOfMeasure.unit; ``multiplier``: its text),
     # ``number`` and ``decimals`` (the value read as a number, its fraction digits as written)
     samples: pl.DataFrame | None
-    keys: pl.Series  # Int64 template key (null where not sure or not templated)
     # per payload: ``stamp_text`` (the first "timestamp" string, as the time detectors' regex finds it),
     # ``stamp`` (it read as a UTC time), ``offline`` (a key "offline" holding true)
     stamps: pl.DataFrame
 
 
-def _walk_piece(payloads: pl.Series, kinds: bytes | None, configs: tuple) -> tuple:
-    assert _speedups is not None
-    return _speedups.walk_payloads(payloads.__arrow_c_stream__(), kinds, configs)
+def _in_pieces(n: int, piece: Callable[[int, int], tuple], pool: ThreadPoolExecutor | None = None
+               ) -> tuple[list[tuple[int, int]], list[tuple]]:
+    """``piece(offset, length)`` over a column of ``n`` values: once when it is small, else on its two halves
+    on ``pool`` (a pool of two threads when None; the C code runs without the GIL). (bounds, results)."""
+    bounds = [(0, n)] if n < 2 * _PIECE else [(0, n // 2), (n // 2, n - n // 2)]
+    if len(bounds) == 1:
+        return bounds, [piece(0, n)]
+    ex = pool or ThreadPoolExecutor(max_workers=2)
+    try:
+        futures = [ex.submit(piece, o, k) for o, k in bounds]
+        return bounds, [f.result() for f in futures]
+    finally:
+        if pool is None:
+            ex.shutdown()
 
 
 def walk(payloads: pl.Series, configs: list[Config], kinds: pl.Series | None = None,
@@ -89,28 +85,17 @@ def walk(payloads: pl.Series, configs: list[Config], kinds: pl.Series | None = N
     (``kinds``: a UInt8 per payload; None: all the first). Large columns are cut in two pieces walked on
     ``pool`` (a pool of two threads when None)."""
     args = tuple(c.arg() for c in configs)
-    n = payloads.len()
-    bounds = [(0, n)] if n < 2 * _PIECE else [(0, n // 2), (n // 2, n - n // 2)]
 
     def piece(offset: int, length: int) -> tuple:
+        assert _speedups is not None
         k = None if kinds is None else kinds.slice(offset, length).cast(pl.UInt8).to_numpy().tobytes()
-        return _walk_piece(payloads.slice(offset, length), k, args)
+        return _speedups.walk_payloads(payloads.slice(offset, length).__arrow_c_stream__(), k, args)
 
-    if len(bounds) == 1:
-        results = [piece(0, n)]
-    else:
-        own = pool is None
-        ex = pool or ThreadPoolExecutor(max_workers=2)
-        try:
-            futures = [ex.submit(piece, o, k) for o, k in bounds]
-            results = [f.result() for f in futures]
-        finally:
-            if own:
-                ex.shutdown()
-    sure = pl.concat([_series("sure", r[0]) for r in results]).cast(pl.Boolean)
+    bounds, results = _in_pieces(payloads.len(), piece, pool)
+    sure = pl.concat([column("sure", r[0]) for r in results]).cast(pl.Boolean)
     fields = [
         pl.DataFrame(
-            [pl.concat([_series(name, r[1][k][i]) for r in results]) for i, (name, _) in enumerate(c.paths)],
+            [pl.concat([column(name, r[1][k][i]) for r in results]) for i, (name, _) in enumerate(c.paths)],
             schema={name: pl.String for name, _ in c.paths},
         )
         for k, c in enumerate(configs)
@@ -119,33 +104,28 @@ def walk(payloads: pl.Series, configs: list[Config], kinds: pl.Series | None = N
     if any(c.meter_key for c in configs):
         pieces = []
         for (offset, _), r in zip(bounds, results, strict=True):
-            frame = pl.DataFrame([_series(name, pair) for name, pair in r[2].items()])
+            frame = pl.DataFrame([column(name, pair) for name, pair in r[2].items()])
             pieces.append(frame.with_columns(row=pl.col("row") + offset) if offset else frame)
         samples = pl.concat(pieces).with_columns(pl.col("sample_ts").cast(TS))
-    keys = pl.concat([_series("key", r[3]) for r in results])
     stamps = pl.concat([
-        pl.DataFrame([_series(name, pair) for name, pair in zip(("stamp_text", "stamp", "offline"), r[4], strict=True)])
+        pl.DataFrame([column(name, pair) for name, pair in zip(("stamp_text", "stamp", "offline"), r[3], strict=True)])
         for r in results
     ]).with_columns(pl.col("stamp").cast(TS), pl.col("offline").cast(pl.Boolean))  # fmt: skip
-    return Walked(sure, fields, samples, keys, stamps)
+    return Walked(sure, fields, samples, stamps)
 
 
 def class_keys(payloads: pl.Series, enums: list[str]) -> pl.DataFrame:
-    """``exact`` and ``key`` (Int64) of each payload for the schema check (``class_keys`` in the C source:
+    """``exact`` and ``key`` (UInt64) of each payload for the schema check (``class_keys`` in the C source:
     the payload's bytes, and its shape with the letters and digits of every string not in ``enums`` and of
     every number blurred), computed on two threads for large columns."""
-    assert _speedups is not None
     args = tuple(e.encode() for e in enums)
-    n = payloads.len()
-    bounds = [(0, n)] if n < 2 * _PIECE else [(0, n // 2), (n // 2, n - n // 2)]
 
     def piece(offset: int, length: int) -> tuple:
         assert _speedups is not None
         return _speedups.class_keys(payloads.slice(offset, length).__arrow_c_stream__(), args)
 
-    with ThreadPoolExecutor(max_workers=2) as ex:
-        results = list(ex.map(lambda b: piece(*b), bounds))
+    _, results = _in_pieces(payloads.len(), piece)
     return pl.DataFrame({
-        "exact": pl.concat([_series("exact", r[0]) for r in results]).reinterpret(signed=False),
-        "key": pl.concat([_series("key", r[1]) for r in results]).reinterpret(signed=False),
+        "exact": pl.concat([column("exact", r[0]) for r in results]).reinterpret(signed=False),
+        "key": pl.concat([column("key", r[1]) for r in results]).reinterpret(signed=False),
     })  # fmt: skip

@@ -21,6 +21,7 @@ from typing import BinaryIO
 import orjson
 import polars as pl
 
+from ..arrow_c import column
 from ..protocol.actions import normalise_direction
 from .base import SourceNote, conform
 
@@ -353,18 +354,6 @@ def _compiled_thunks(
         line_no += _speedups.count_lines(view)
 
 
-class _ArrowColumn:
-    """Hands a column from the compiled splitter to Polars (Arrow PyCapsule interface)."""
-
-    __slots__ = ("capsules",)
-
-    def __init__(self, capsules: tuple[object, object]) -> None:
-        self.capsules = capsules
-
-    def __arrow_c_array__(self, requested_schema: object = None) -> tuple[object, object]:
-        return self.capsules
-
-
 #: message type ids of the frames the compiled splitter accepts
 _SPLIT_TYPES = {2: "CALL", 3: "CALLRESULT", 4: "CALLERROR", 5: "CALLRESULTERROR", 6: "SEND"}
 _ROLES = ("ts", "cp", "direction", "message", "subprotocol", "conn")
@@ -398,7 +387,7 @@ def _compiled_chunk(chunk: bytes | memoryview, first: int, *, source: str, layou
     cols, slow, lines_seen = _speedups.split_jsonl(chunk, keys, first)
     if lines_seen < 0:  # a layout the splitter never takes (say, escapes in every id): all to the reference
         return layout.slow_reader(bytes(chunk), first, source, None)
-    df = pl.DataFrame([pl.Series(_ArrowColumn(c)).alias(name) for name, c in cols.items()])
+    df = pl.DataFrame([column(name, c) for name, c in cols.items()])
     fast = df.select(
         ts=pl.col("ts").cast(pl.Datetime("us", "UTC")),
         ts_text=pl.col("ts_text"),
