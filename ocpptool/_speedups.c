@@ -553,6 +553,11 @@ static cp_t skip_number(cp_t p, cp_t e) {
 
 #define MAX_DEPTH 64
 
+/* The JSON literal `word` (n bytes: true, false, null) at p: the byte after it, or NULL. */
+static inline cp_t literal(cp_t p, cp_t e, const char *word, int n) {
+    return e - p >= n && memcmp(p, word, (size_t)n) == 0 ? p + n : NULL;
+}
+
 static cp_t skip_value(cp_t p, cp_t e, int depth) {
     if (p >= e) return NULL;
     int esc = 0;
@@ -591,11 +596,11 @@ static cp_t skip_value(cp_t p, cp_t e, int depth) {
             p = skip_ws(p + 1, e);
         }
     case 't':
-        return (e - p >= 4 && memcmp(p, "true", 4) == 0) ? p + 4 : NULL;
+        return literal(p, e, "true", 4);
     case 'f':
-        return (e - p >= 5 && memcmp(p, "false", 5) == 0) ? p + 5 : NULL;
+        return literal(p, e, "false", 5);
     case 'n':
-        return (e - p >= 4 && memcmp(p, "null", 4) == 0) ? p + 4 : NULL;
+        return literal(p, e, "null", 4);
     default:
         return skip_number(p, e);
     }
@@ -760,7 +765,7 @@ static cp_t find_path(cp_t p, cp_t e, const char *path, Py_ssize_t plen, Span *o
             out->present = 1;
             return q;
         }
-        if (e - p >= 4 && memcmp(p, "null", 4) == 0) {
+        if (literal(p, e, "null", 4)) {
             out->present = out->null = 1;
             return p + 4;
         }
@@ -864,7 +869,7 @@ static int one_line(Ctx *x, cp_t ls, cp_t le, int64_t line_no) {
                 v[k].esc = e2;
                 v[k].present = 1;
                 p = q;
-            } else if (le - p >= 4 && memcmp(p, "null", 4) == 0) {
+            } else if (literal(p, le, "null", 4)) {
                 v[k].present = v[k].null = 1;
                 p += 4;
             } else {
@@ -1350,49 +1355,6 @@ static cp_t w_number_decoded(Walk *w, cp_t p, cp_t e, WScalar *out) {
     return q;
 }
 
-/* A scalar as json_decode prints it into a string field. */
-static cp_t w_scalar_decoded(Walk *w, cp_t p, cp_t e, WScalar *out) {
-    if (p >= e) return NULL;
-    switch (*p) {
-    case '"': {
-        int esc = 0;
-        cp_t q = quick_string(p, e, &esc);
-        if (!q || esc) return NULL;
-        out->type = 2;
-        out->s = (const char *)p + 1;
-        out->len = q - 1 - (p + 1);
-        return q;
-    }
-    case 'n':
-        if (e - p >= 4 && memcmp(p, "null", 4) == 0) {
-            out->type = 1;
-            return p + 4;
-        }
-        return NULL;
-    case 't':
-        if (e - p >= 4 && memcmp(p, "true", 4) == 0) {
-            out->type = 2;
-            out->s = "true";
-            out->len = 4;
-            return p + 4;
-        }
-        return NULL;
-    case 'f':
-        if (e - p >= 5 && memcmp(p, "false", 5) == 0) {
-            out->type = 2;
-            out->s = "false";
-            out->len = 5;
-            return p + 5;
-        }
-        return NULL;
-    case '{':
-    case '[':
-        return NULL;
-    default:
-        return w_number_decoded(w, p, e, out);
-    }
-}
-
 /* A scalar as json_path_match gives it, for what is read here: escape-free string, plain integer, null. */
 static cp_t w_scalar_path(cp_t p, cp_t e, WScalar *out) {
     if (p >= e) return NULL;
@@ -1406,11 +1368,8 @@ static cp_t w_scalar_path(cp_t p, cp_t e, WScalar *out) {
         return q;
     }
     if (*p == 'n') {
-        if (e - p >= 4 && memcmp(p, "null", 4) == 0) {
-            out->type = 1;
-            return p + 4;
-        }
-        return NULL;
+        out->type = 1;
+        return literal(p, e, "null", 4);
     }
     if (*p == '-' || is_digit(*p)) {
         cp_t q = skip_number(p, e);
@@ -1425,6 +1384,32 @@ static cp_t w_scalar_path(cp_t p, cp_t e, WScalar *out) {
         return q;
     }
     return NULL;
+}
+
+/* A scalar as json_decode prints it into a string field: strings and null as json_path_match gives them,
+ * true/false as text, numbers as Polars prints them. */
+static cp_t w_scalar_decoded(Walk *w, cp_t p, cp_t e, WScalar *out) {
+    if (p >= e) return NULL;
+    switch (*p) {
+    case '"':
+    case 'n':
+        return w_scalar_path(p, e, out);
+    case 't':
+        out->type = 2;
+        out->s = "true";
+        out->len = 4;
+        return literal(p, e, "true", 4);
+    case 'f':
+        out->type = 2;
+        out->s = "false";
+        out->len = 5;
+        return literal(p, e, "false", 5);
+    case '{':
+    case '[':
+        return NULL;
+    default:
+        return w_number_decoded(w, p, e, out);
+    }
 }
 
 /* A sampled value's text as a number, exactly as a correctly rounded parse reads it: "-?D+(.D+)?" with at
@@ -1546,7 +1531,7 @@ static cp_t w_object(Walk *w, cp_t p, cp_t e, int depth, int role, unsigned path
             p = w_object(w, p, e, depth + 1, R_PATH, next, seg + 1, NULL);
         } else if (role == R_TOP && w->c->mkey && kl == w->c->mklen && memcmp(ks, w->c->mkey, (size_t)kl) == 0) {
             if (c == 'n') {
-                p = (e - p >= 4 && memcmp(p, "null", 4) == 0) ? p + 4 : NULL;
+                p = literal(p, e, "null", 4);
             } else if (c == '[') {
                 /* the meter array: objects only */
                 if (depth + 1 >= MAX_DEPTH) return NULL;
@@ -1592,7 +1577,7 @@ static cp_t w_object(Walk *w, cp_t p, cp_t e, int depth, int role, unsigned path
             p = w_scalar_decoded(w, p, e, ws_put(sv, WK_TIMESTAMP));
         } else if (role == R_MV_ELEM && k == WK_SAMPLED) {
             if (c == 'n') {
-                p = (e - p >= 4 && memcmp(p, "null", 4) == 0) ? p + 4 : NULL;
+                p = literal(p, e, "null", 4);
             } else {
                 p = skip_ws(p + 1, e);
                 if (p < e && *p == ']') {
@@ -1643,7 +1628,7 @@ static cp_t w_object(Walk *w, cp_t p, cp_t e, int depth, int role, unsigned path
             p = w_scalar_decoded(w, p, e, ws_put(sv, k));
         } else if (role == R_SV_ELEM && k == WK_UOM) {
             if (c == 'n') {
-                p = (e - p >= 4 && memcmp(p, "null", 4) == 0) ? p + 4 : NULL;
+                p = literal(p, e, "null", 4);
             } else {
                 WSample u;
                 u.set = 0;
@@ -2214,11 +2199,11 @@ static cp_t cls_value(Cls *c, cp_t p, cp_t e, int depth) {
         return cls_blurred(c, 'S', p + 1, q - 1 - (p + 1)) ? q : NULL;
     }
     case 't':
-        return e - p >= 4 && memcmp(p, "true", 4) == 0 && cls_put(c, "T", 1) ? p + 4 : NULL;
+        return literal(p, e, "true", 4) && cls_put(c, "T", 1) ? p + 4 : NULL;
     case 'f':
-        return e - p >= 5 && memcmp(p, "false", 5) == 0 && cls_put(c, "F", 1) ? p + 5 : NULL;
+        return literal(p, e, "false", 5) && cls_put(c, "F", 1) ? p + 5 : NULL;
     case 'n':
-        return e - p >= 4 && memcmp(p, "null", 4) == 0 && cls_put(c, "Z", 1) ? p + 4 : NULL;
+        return literal(p, e, "null", 4) && cls_put(c, "Z", 1) ? p + 4 : NULL;
     default: {
         cp_t q = skip_number(p, e);
         if (!q) return NULL;
