@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import ssl
 import sys
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
@@ -303,20 +305,102 @@ def _shown_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
+class Output:
+    """Lines to a stream without ever blocking the caller (the proxy's event loop).
+
+    A reader that is slow or stopped (``ocpptool monitor | less``, a full pipe) must not stall the chargers
+    behind the proxy: lines go to a thread that writes them, and past ``max_pending`` bytes waiting, new
+    lines are dropped and counted (the recording keeps every frame). A stream without a file descriptor
+    (a StringIO in tests) is written directly.
+    """
+
+    def __init__(self, stream: Any, *, max_pending: int = 4 << 20) -> None:
+        self.stream = stream
+        self.max_pending = max_pending
+        self.dropped_lines = 0
+        self.broken = False
+        self._chunks: list[bytes] = []
+        self._pending = 0
+        self._cond = threading.Condition()
+        self._closed = False
+        try:
+            self._fd: int | None = stream.fileno()
+        except (AttributeError, OSError, ValueError):
+            self._fd = None
+        self._thread = None
+        if self._fd is not None:
+            stream.flush()
+            self._thread = threading.Thread(target=self._run, name="ocpptool-output", daemon=True)
+            self._thread.start()
+
+    def write(self, text: str) -> None:
+        if not text or self.broken:
+            return
+        if self._fd is None:
+            try:
+                self.stream.write(text)
+                self.stream.flush()
+            except BrokenPipeError:
+                self.broken = True
+            return
+        data = text.encode("utf-8", "replace")
+        with self._cond:
+            if self._pending + len(data) > self.max_pending:
+                self.dropped_lines += text.count("\n")
+                return
+            self._chunks.append(data)
+            self._pending += len(data)
+            self._cond.notify()
+
+    def _run(self) -> None:
+        assert self._fd is not None
+        while True:
+            with self._cond:
+                while not self._chunks and not self._closed:
+                    self._cond.wait()
+                if not self._chunks:
+                    return
+                data = b"".join(self._chunks)
+                self._chunks.clear()
+            view = memoryview(data)
+            try:
+                while view:
+                    view = view[os.write(self._fd, view):]
+            except OSError:  # the reader went away: nothing more can be shown
+                self.broken = True
+                with self._cond:
+                    self._chunks.clear()
+                    self._pending = 0
+                return
+            with self._cond:
+                self._pending -= len(data)
+                self._cond.notify_all()
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Write what is waiting (for at most ``timeout`` seconds: a reader that never reads cannot keep the
+        process alive)."""
+        if self._thread is None:
+            return
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join(timeout)
+
+
 class LineView:
-    """``--no-tui``: one line per frame, connection event and finding on stdout; problems also on stderr."""
+    """``--no-tui``: one line per frame, connection event and finding on stdout; problems also on stderr.
+
+    Neither stream can stall the proxy (see :class:`Output`); lines a slow reader could not take are
+    counted and said at the end.
+    """
 
     def __init__(self, out=None, err=None, *, frames: bool = True) -> None:
-        self.out = out or sys.stdout
-        self.err = err or sys.stderr
+        self.out = Output(out or sys.stdout)
+        self.err = Output(err or sys.stderr)
         self.show_frames = frames
 
     def _write(self, text: str) -> None:
-        try:
-            self.out.write(text)
-            self.out.flush()
-        except BrokenPipeError:
-            pass
+        self.out.write(text)
 
     def frames(self, infos: list[FrameInfo]) -> None:
         if self.show_frames:
@@ -329,7 +413,6 @@ class LineView:
         self._write(line)
         if ev.kind == "refused" or (ev.kind == "closed" and ev.code in (1011, 1014)):
             self.err.write(f"ocpptool: monitor: {ev.charge_point_id}: {ev.detail}\n")
-            self.err.flush()
 
     def chargers(self, rows: list[ChargerRow]) -> None:
         pass
@@ -341,7 +424,16 @@ class LineView:
 
     def notice(self, text: str) -> None:
         self.err.write(f"ocpptool: monitor: {text}\n")
-        self.err.flush()
+
+    def close(self) -> str | None:
+        """Write what is waiting; a line saying how many lines were dropped, if any."""
+        self.out.close()
+        self.err.close()
+        dropped = self.out.dropped_lines + self.err.dropped_lines
+        if not dropped:
+            return None
+        return (f"ocpptool: monitor: {dropped:,} output lines dropped: the reader of the output was too slow "
+                "(the recording has every frame)")
 
 
 def run_lines(o: MonitorOptions, *, frames: bool = True, quiet: bool = False) -> Stats:
@@ -358,7 +450,12 @@ def run_lines(o: MonitorOptions, *, frames: bool = True, quiet: bool = False) ->
                 loop.add_signal_handler(sig, stop.set)
         return await run_monitor(o, view, stop)
 
-    stats = asyncio.run(main())
+    try:
+        stats = asyncio.run(main())
+    finally:
+        dropped = view.close()
+    if dropped:
+        print(dropped, file=sys.stderr)
     if not quiet:
         print(summary_line(stats), file=sys.stderr)
     return stats
