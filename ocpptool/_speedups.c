@@ -2119,29 +2119,42 @@ static int cls_enum(const Cls *c, cp_t s, int64_t n) {
     }
 }
 
-static int cls_put(Cls *c, const void *s, int64_t n) {
-    if (c->len + n > c->cap) {
-        int64_t cap = c->cap ? c->cap * 2 : 4096;
-        while (cap < c->len + n) cap *= 2;
-        char *b = realloc(c->buf, (size_t)cap);
-        if (!b) {
-            c->oom = 1;
-            return 0;
-        }
-        c->buf = b;
-        c->cap = cap;
+/* Room for a payload of n bytes: its class text is at most 3n + 16 bytes (a one-digit number becomes tag,
+ * digit, end), so the puts below need no check of their own. */
+static int cls_reserve(Cls *c, int64_t n) {
+    int64_t need = 3 * n + 16;
+    if (need <= c->cap) return 1;
+    int64_t cap = c->cap ? c->cap : 4096;
+    while (cap < need) cap *= 2;
+    char *b = realloc(c->buf, (size_t)cap);
+    if (!b) {
+        c->oom = 1;
+        return 0;
     }
+    c->buf = b;
+    c->cap = cap;
+    return 1;
+}
+
+static inline int cls_byte(Cls *c, char b) {
+    c->buf[c->len++] = b;
+    return 1;
+}
+
+static inline int cls_put(Cls *c, const void *s, int64_t n) {
     memcpy(c->buf + c->len, s, (size_t)n);
     c->len += n;
     return 1;
 }
 
+/* tag, the text with its letters and digits blurred, an end byte */
 static int cls_blurred(Cls *c, char tag, cp_t s, int64_t n) {
-    if (!cls_put(c, &tag, 1) || !cls_put(c, s, n)) return 0;
-    char *o = c->buf + c->len - n;
-    for (int64_t i = 0; i < n; i++) o[i] = (char)c->blur[(unsigned char)o[i]];
-    static const char zero = 0;
-    return cls_put(c, &zero, 1);
+    char *o = c->buf + c->len;
+    *o++ = tag;
+    for (int64_t i = 0; i < n; i++) o[i] = (char)c->blur[s[i]];
+    o[n] = 0;
+    c->len += n + 2;
+    return 1;
 }
 
 /* An escape-free string at p (the quote): its end, or NULL (escaped or invalid: a class of its own). */
@@ -2156,34 +2169,34 @@ static cp_t cls_value(Cls *c, cp_t p, cp_t e, int depth) {
     if (p >= e) return NULL;
     switch (*p) {
     case '{': {
-        if (depth >= MAX_DEPTH || !cls_put(c, "{", 1)) return NULL;
+        if (depth >= MAX_DEPTH || !cls_byte(c, '{')) return NULL;
         p = skip_ws(p + 1, e);
-        if (p < e && *p == '}') return cls_put(c, "}", 1) ? p + 1 : NULL;
+        if (p < e && *p == '}') return cls_byte(c, '}') ? p + 1 : NULL;
         for (;;) {
             if (p >= e || *p != '"') return NULL;
             cp_t q = cls_string(p, e);
-            if (!q || !cls_put(c, "K", 1) || !cls_put(c, p + 1, q - 1 - (p + 1)) || !cls_put(c, "", 1)) return NULL;
+            if (!q || !cls_byte(c, 'K') || !cls_put(c, p + 1, q - 1 - (p + 1)) || !cls_byte(c, 0)) return NULL;
             p = skip_ws(q, e);
             if (p >= e || *p != ':') return NULL;
             p = cls_value(c, p + 1, e, depth + 1);
             if (!p) return NULL;
             p = skip_ws(p, e);
             if (p >= e) return NULL;
-            if (*p == '}') return cls_put(c, "}", 1) ? p + 1 : NULL;
+            if (*p == '}') return cls_byte(c, '}') ? p + 1 : NULL;
             if (*p != ',') return NULL;
             p = skip_ws(p + 1, e);
         }
     }
     case '[': {
-        if (depth >= MAX_DEPTH || !cls_put(c, "[", 1)) return NULL;
+        if (depth >= MAX_DEPTH || !cls_byte(c, '[')) return NULL;
         p = skip_ws(p + 1, e);
-        if (p < e && *p == ']') return cls_put(c, "]", 1) ? p + 1 : NULL;
+        if (p < e && *p == ']') return cls_byte(c, ']') ? p + 1 : NULL;
         for (;;) {
             p = cls_value(c, p, e, depth + 1);
             if (!p) return NULL;
             p = skip_ws(p, e);
             if (p >= e) return NULL;
-            if (*p == ']') return cls_put(c, "]", 1) ? p + 1 : NULL;
+            if (*p == ']') return cls_byte(c, ']') ? p + 1 : NULL;
             if (*p != ',') return NULL;
             p = skip_ws(p + 1, e);
         }
@@ -2199,11 +2212,11 @@ static cp_t cls_value(Cls *c, cp_t p, cp_t e, int depth) {
         return cls_blurred(c, 'S', p + 1, q - 1 - (p + 1)) ? q : NULL;
     }
     case 't':
-        return literal(p, e, "true", 4) && cls_put(c, "T", 1) ? p + 4 : NULL;
+        return literal(p, e, "true", 4) && cls_byte(c, 'T') ? p + 4 : NULL;
     case 'f':
-        return literal(p, e, "false", 5) && cls_put(c, "F", 1) ? p + 5 : NULL;
+        return literal(p, e, "false", 5) && cls_byte(c, 'F') ? p + 5 : NULL;
     case 'n':
-        return literal(p, e, "null", 4) && cls_put(c, "Z", 1) ? p + 4 : NULL;
+        return literal(p, e, "null", 4) && cls_byte(c, 'Z') ? p + 4 : NULL;
     default: {
         cp_t q = skip_number(p, e);
         if (!q) return NULL;
@@ -2217,7 +2230,7 @@ static cp_t cls_value(Cls *c, cp_t p, cp_t e, int depth) {
 static void cls_one(Cls *c, cp_t s, int64_t n, int64_t *exact, int64_t *cls) {
     uint64_t x = hash_bytes((const char *)s, n, 0x243F6A8885A308D3ull);
     c->len = 0;
-    cp_t p = cls_value(c, s, s + n, 0);
+    cp_t p = cls_reserve(c, n) ? cls_value(c, s, s + n, 0) : NULL;
     *exact = (int64_t)x;
     if (p && skip_ws(p, s + n) == s + n) *cls = (int64_t)hash_bytes(c->buf, c->len, 0x13198A2E03707344ull);
     else *cls = (int64_t)w_mix(x, 0xA4093822299F31D0ull); /* a class of its own */
