@@ -73,6 +73,17 @@ def check_report(report: Path, meta: dict, starts: int) -> tuple[list[str], dict
     return problems, {"findings_by_code": counts, "transactions": len(doc["transactions"]), "transactions_16": tx16}
 
 
+def precompile() -> None:
+    """Byte-compile ocpptool and the installed packages first, as an install does: where
+    PYTHONDONTWRITEBYTECODE is set (or a tree was just edited) every run would otherwise compile the modules
+    it imports from source, ~0.15 s more for both commands (more for analyze, which imports more)."""
+    import subprocess
+    import sysconfig
+
+    for where in (ROOT / "ocpptool", sysconfig.get_paths()["purelib"]):
+        subprocess.run([sys.executable, "-m", "compileall", "-q", str(where)], check=False, capture_output=True)
+
+
 _TIMING = re.compile(r"^timing (.+?)\s+wall\s+([\d.]+) s\s+cpu\s+([\d.]+) s$")
 
 
@@ -105,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         "analyze": ([*cli_command(), "analyze", str(path), "--format", "json", "-q"], report),
     }
     starts = starts_16(path)
+    precompile()
     runs: dict[str, list[dict]] = {name: [] for name in cases}
     problems: list[str] = []
     extra: dict = {}

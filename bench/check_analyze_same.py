@@ -4,7 +4,7 @@
     uv run python bench/check_analyze_same.py --ref a73b722 --skip-bench
 
 For each input, both versions run the real CLI as a child process (``python -m ocpptool analyze INPUT
---format json --export DIR -q``); the reference is a ``git archive`` of ``--ref`` put first on
+--format json --export DIR -q``; this tree also without ``--export``, which must print the same report); the reference is a ``git archive`` of ``--ref`` put first on
 ``PYTHONPATH`` (same interpreter, same dependencies). Compared exactly: the whole JSON report, and the
 findings, transactions, meter_values and statuses tables of ``--export`` (``assert_frame_equal``, exact,
 row order included). Inputs: the 100k-message bench file (``bench/out``, generated when missing), the
@@ -51,13 +51,15 @@ def inputs(skip_bench: bool) -> list[tuple[str, list[str]]]:
     return out
 
 
-def run(pythonpath: str | None, path: str, extra: list[str], export: str) -> tuple[int, bytes, str]:
+def run(pythonpath: str | None, path: str, extra: list[str], export: str, *, export_tables: bool = True
+        ) -> tuple[int, bytes, str]:
     # cwd outside the work tree: ``python -m`` puts the cwd first on sys.path, ahead of PYTHONPATH
     env = dict(os.environ)
     if pythonpath:
         env["PYTHONPATH"] = pythonpath
+    args = ["--export", export] if export_tables else []
     proc = subprocess.run(
-        [sys.executable, "-m", "ocpptool", "analyze", path, "--format", "json", "--export", export, "-q", *extra],
+        [sys.executable, "-m", "ocpptool", "analyze", path, "--format", "json", *args, "-q", *extra],
         capture_output=True, env=env, cwd=os.path.dirname(export),
     )
     return proc.returncode, proc.stdout, proc.stderr.decode(errors="replace").strip()
@@ -81,6 +83,10 @@ def compare(path: str, extra: list[str], ref_tree: str) -> list[str]:
             return [f"exit code {a[0]} (ref) vs {b[0]} (this tree): {a[2][-300:]} | {b[2][-300:]}"]
         if a[0] not in (0, 3):
             return []  # both refuse the input the same way (exit code compared above)
+        # without --export the analysis keeps only the energy register's samples: the same report
+        c = run(None, path, extra, b_dir, export_tables=False)
+        if c[:2] != b[:2]:
+            problems.append("this tree's report differs without --export")
         ja, jb = json.loads(a[1]), json.loads(b[1])
         for key in sorted(set(ja) | set(jb)):
             if ja.get(key) != jb.get(key):

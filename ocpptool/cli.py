@@ -203,7 +203,7 @@ def analyze(
     if cp:
         tables = restrict_cps(tables, cp)
     stage(f"analysing {tables.messages.height:,} messages", not quiet and tables.messages.height > 100_000)
-    analysis = run(tables, options, only=only)
+    analysis = run(tables, options, only=only, meter_values=bool(export))  # all samples only to export them
     if export:
         export_tables(analysis, export)
     if fmt == "json":

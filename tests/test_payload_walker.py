@@ -346,3 +346,29 @@ def test_schema_classes_from_c_are_the_polars_classes():
     assert partition(c["key"]) == partition(p["key"])
     assert partition(c["exact"]) == partition(p["exact"])
     assert 20 < len(partition(c["key"])) < 400  # classes merge payloads, and keep them apart
+
+
+@pytest.mark.parametrize("pure", ["", "1"], ids=["walker", "polars"])
+def test_keeping_only_the_energy_register_changes_no_finding(pure, monkeypatch):
+    """`analyze` without --export keeps only the energy register's samples (all the detectors read): the
+    findings and the other tables are the same as with every sample, and the samples kept are the full
+    table's register rows. What the analysis reads per message still counts every sample: a stop-only
+    transaction takes its connector from a MeterValues that holds only a voltage."""
+    if pure:
+        monkeypatch.setenv("OCPPTOOL_PURE", "1")
+    voltage_only = ('{"connectorId":2,"transactionId":555,"meterValue":[{"timestamp":"2025-03-01T12:00:00Z",'
+                    '"sampledValue":[{"value":"230.1","measurand":"Voltage","unit":"V"}]}]}')
+    stop = '{"transactionId":555,"meterStop":1200,"timestamp":"2025-03-01T12:00:03Z"}'
+    base = odd_tables()
+    extra = conversation([("CPX", "MeterValues", voltage_only), ("CPX", "StopTransaction", stop)])
+    for tables in (base, extra):
+        full = run(tables, Options())
+        lean = run(tables, Options(), meter_values=False)
+        assert_frame_equal(lean.findings, full.findings)
+        assert_frame_equal(lean.transactions, full.transactions)
+        assert_frame_equal(lean.statuses, full.statuses)
+        register = full.meter_values.filter(pl.col("measurand") == "Energy.Active.Import.Register")
+        assert_frame_equal(lean.meter_values, register)
+        assert lean.meter_values.height < full.meter_values.height
+    stop_only = lean.transactions.filter(pl.col("transaction_id") == "555")
+    assert stop_only["connector_id"].to_list() == [2] and stop_only["state"].to_list() == ["no-start"]

@@ -197,6 +197,7 @@ def keyed_context(ctx):
         ctx, messages=keyed(ctx.messages), connections=keyed(ctx.connections),
         transactions=keyed(ctx.transactions), meter_values=keyed(ctx.meter_values), statuses=keyed(ctx.statuses),
         references=None if ctx.references is None else keyed(ctx.references),
+        sample_messages=None if ctx.sample_messages is None else keyed(ctx.sample_messages),
     )
 
 
@@ -215,6 +216,9 @@ class Derived:
     references: pl.DataFrame | None = None
     # TransactionEvent fields (transaction_event_fields), for the detectors
     transaction_events: pl.DataFrame | None = None
+    # the messages with samples, one row each (_sampled_messages): idx, charge_point_id, conn, connector_id,
+    # transaction_id, ts
+    sample_messages: pl.LazyFrame | None = None
 
 
 def _calls(messages: pl.LazyFrame, actions: list[str]) -> pl.LazyFrame:
@@ -596,10 +600,22 @@ def _statuses_compiled(calls: pl.DataFrame) -> pl.DataFrame:
     return read
 
 
-def _raw_samples_compiled(walks: Walks, keep: dict) -> pl.DataFrame:
+#: :func:`_sampled_messages`' columns: a message's, the same on each of its samples
+_SAMPLED = ("idx", "charge_point_id", "conn", "connector_id", "transaction_id", "ts")
+
+
+def _sampled_messages(samples: pl.DataFrame) -> pl.DataFrame:
+    """The messages with at least one sample (every measurand), one row each in message order: what the
+    derived tables and the detectors read per message (a stop-only transaction's connector, a transaction's
+    last sign of life) whether or not the samples table holds every measurand."""
+    return samples.select(*_SAMPLED).unique("idx", keep="first", maintain_order=True)
+
+
+def _raw_samples_compiled(walks: Walks, keep: dict, energy_only: bool = False) -> pl.DataFrame:
     """:func:`_raw_samples` from the compiled walker's reading of the payloads it is sure of, and the Polars
-    expressions for the rest: the same rows, collected. Also keeps ``meter_ids`` and ``events`` (the
-    TransactionEvent fields) in ``keep``."""
+    expressions for the rest: the same rows, collected. Also keeps ``meter_ids``, ``events`` (the
+    TransactionEvent fields) and ``sampled`` (:func:`_sampled_messages`, of every sample) in ``keep``.
+    ``energy_only``: only the samples of the energy register (see :func:`derive`)."""
     w = walks.w
     calls = walks.calls.hstack([c for f in w.fields for c in f]).with_columns(_sure=w.sure)
     keep["statuses"] = _statuses_compiled(calls)
@@ -623,6 +639,9 @@ def _raw_samples_compiled(walks: Walks, keep: dict) -> pl.DataFrame:
     ).filter(pl.col("transaction_id").is_not_null())  # fmt: skip
     s = w.samples
     assert s is not None
+    sampled = [rows[s["row"].unique(maintain_order=True)].select(*_SAMPLED)]
+    if energy_only:  # (a sampled value without a measurand is the register: _sample_fields)
+        s = s.filter(pl.col("measurand").is_null() | (pl.col("measurand") == ENERGY_REGISTER))
     finished = [_finish_samples(rows[s["row"]].hstack(s.select(
         "sample_ts", _number="number", _decimals="decimals", **_sample_fields(*(pl.col(c) for c in (
             "measurand", "phase", "unit", "multiplier", "context", "location", "value")))
@@ -651,8 +670,13 @@ def _raw_samples_compiled(walks: Walks, keep: dict) -> pl.DataFrame:
         others = left.filter(kind != 0).select(*cols, "action", "payload")
         if others.height:
             finished.append(_finish_samples(_others(others.lazy(), te_fields, others.lazy())).collect())
+        sampled += [_sampled_messages(extra) for extra in finished[1:]]
+        if energy_only:
+            finished[1:] = [extra.filter(pl.col("measurand") == ENERGY_REGISTER) for extra in finished[1:]]
         finished = [pl.concat(finished).sort("_row", maintain_order=True)]
+        sampled = [pl.concat(sampled).sort("idx", maintain_order=True)]
     samples = finished[0]
+    keep["sampled"] = sampled[0]
 
     # MeterValues ids (references, events per transaction); no templates: the schema check classes every
     # payload in C (schemas.untemplated_classes)
@@ -866,12 +890,16 @@ def _conform(lf: pl.LazyFrame, schema: dict[str, pl.DataType]) -> pl.LazyFrame:
 
 
 def derive(messages: pl.LazyFrame, on_step: Callable[[str], None] | None = None,
-           events: Callable[[], pl.DataFrame] | None = None, walks: Walks | None = None) -> Derived:
+           events: Callable[[], pl.DataFrame] | None = None, walks: Walks | None = None,
+           energy_only: bool = False) -> Derived:
     """Build the transactions, meter_values and statuses tables (lazy) from the messages table.
 
     ``on_step(label)`` is called after each materialised step (timing). ``events()``: the
     :func:`transaction_event_fields`, asked for only when the MeterValues templates are done (so that another
-    thread can read them meanwhile); None: read here.
+    thread can read them meanwhile); None: read here. ``energy_only``: meter_values holds only the samples of
+    the energy register (``Energy.Active.Import.Register``, also when the measurand is omitted), all that the
+    detectors read of it (what they read per message comes from ``sample_messages``, of every sample): a
+    quarter of the rows of a usual fleet, for a run whose tables are not exported.
     """
     step = on_step or (lambda label: None)
     messages = keyed(messages)
@@ -883,7 +911,14 @@ def derive(messages: pl.LazyFrame, on_step: Callable[[str], None] | None = None,
 
     if walks is None and available():
         walks = walk_calls(messages)
-    sample_rows = _raw_samples_compiled(walks, kept) if walks is not None else _raw_samples(messages, kept, events).collect()
+    if walks is not None:
+        sample_rows = _raw_samples_compiled(walks, kept, energy_only)
+    else:
+        sample_rows = _raw_samples(messages, kept, events).collect()
+        kept["sampled"] = _sampled_messages(sample_rows)
+        if energy_only:
+            sample_rows = sample_rows.filter(pl.col("measurand") == ENERGY_REGISTER)
+    sampled: pl.DataFrame = kept["sampled"]
     te_fields: pl.DataFrame | None = kept["events"]
     samples = sample_rows.lazy()
     step("meter samples")
@@ -895,7 +930,7 @@ def derive(messages: pl.LazyFrame, on_step: Callable[[str], None] | None = None,
     # A stop-only transaction takes its connector from its meter values; a sample without a connector
     # (StopTransaction, 2.x Updated events) takes its transaction's.
     sample_connector = (
-        samples.filter(pl.col("transaction_id").is_not_null())
+        sampled.lazy().filter(pl.col("transaction_id").is_not_null())
         .group_by(key)
         .agg(s_connector=pl.col("connector_id").drop_nulls().first())
     )
@@ -943,4 +978,5 @@ def derive(messages: pl.LazyFrame, on_step: Callable[[str], None] | None = None,
         _conform(unkeyed(kept["statuses"].lazy() if "statuses" in kept else _statuses(messages)), STATUSES),
         meter_templates=kept.get("meter_templates"),
         meter_ids=kept.get("meter_ids"), transaction_events=te_fields, references=kept.get("references"),
+        sample_messages=unkeyed(sampled.lazy()),
     )

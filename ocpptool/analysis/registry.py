@@ -93,6 +93,8 @@ class AnalysisContext:
     transaction_events: pl.DataFrame | None = None  # derived.transaction_event_fields, read once
     schema_classes: tuple | None = None  # schemas.untemplated_classes, computed on the second thread
     stamps: pl.LazyFrame | None = None  # the time detectors' stamped rows, from the compiled walker (derived.Walks)
+    # the messages with meter samples, one row each (derived.Derived.sample_messages; None: read meter_values)
+    sample_messages: pl.LazyFrame | None = None
 
 
 @dataclass(frozen=True)
@@ -142,7 +144,7 @@ def conform_findings(lf: pl.LazyFrame, d: Detector) -> pl.LazyFrame:
 class Analysis:
     findings: pl.DataFrame
     transactions: pl.DataFrame
-    meter_values: pl.DataFrame
+    meter_values: pl.DataFrame  # every sample, or only the energy register's (``run(meter_values=False)``)
     statuses: pl.DataFrame
     tables: Tables
     options: Options = field(default_factory=Options)
@@ -185,15 +187,16 @@ _USES_REFERENCES = {"unknown-transaction", "duplicate-transaction", "invalid-tra
 
 
 def _derive(tables: Tables, options: Options, timer: _Timer, events=None, walks=None,
-            stamps=None) -> tuple[AnalysisContext, object, tuple]:
+            stamps=None, energy_only: bool = False) -> tuple[AnalysisContext, object, tuple]:
     """The derived tables, materialised once (every detector reads them; re-deriving them per detector, a lazy
     plan per consumer, would parse the payloads many times over), on a context."""
     from .derived import derive
 
     msgs = tables.messages.lazy()
-    derived = derive(msgs, on_step=timer.step, events=events, walks=walks)
-    transactions, meter_values, statuses = pl.collect_all(
-        [derived.transactions, derived.meter_values, derived.statuses]
+    derived = derive(msgs, on_step=timer.step, events=events, walks=walks, energy_only=energy_only)
+    assert derived.sample_messages is not None
+    transactions, meter_values, statuses, sampled = pl.collect_all(
+        [derived.transactions, derived.meter_values, derived.statuses, derived.sample_messages]
     )
     timer.step("derived tables")
     ts = tables.messages["ts"]
@@ -209,6 +212,7 @@ def _derive(tables: Tables, options: Options, timer: _Timer, events=None, walks=
         meter_templates=derived.meter_templates,
         transaction_events=derived.transaction_events,
         stamps=stamps,
+        sample_messages=sampled.lazy(),
     )
     return ctx, derived, (transactions, meter_values, statuses)
 
@@ -262,8 +266,13 @@ _MESSAGES_ONLY = {
 }  # fmt: skip
 
 
-def run(tables: Tables, options: Options | None = None, *, only: list[str] | None = None) -> Analysis:
-    """Build the derived tables and run every detector (or ``only`` these codes)."""
+def run(tables: Tables, options: Options | None = None, *, only: list[str] | None = None,
+        meter_values: bool = True) -> Analysis:
+    """Build the derived tables and run every detector (or ``only`` these codes).
+
+    ``meter_values=False``: the analysis' meter_values table holds only the energy register's samples (all
+    the detectors read; the findings are the same), for a run that does not export its tables: on a usual
+    fleet that is a quarter of the samples, built and kept."""
     from concurrent.futures import ThreadPoolExecutor
 
     _load_detectors()
@@ -301,7 +310,8 @@ def run(tables: Tables, options: Options | None = None, *, only: list[str] | Non
             from .schemas import untemplated_classes
 
             classes = pool.submit(untemplated_classes, tables.messages.lazy())
-        ctx, derived, (transactions, meter_values, statuses) = _derive(tables, options, timer, events, walks, stamps)
+        ctx, derived, (transactions, samples, statuses) = _derive(tables, options, timer, events, walks, stamps,
+                                                                  energy_only=not meter_values)
         later = [d for d in chosen if d not in early and d not in schema]
         found = dict(zip(later, _collect(_plans(ctx, derived, later, timer), later, timer), strict=True))
         if schema:
@@ -323,4 +333,4 @@ def run(tables: Tables, options: Options | None = None, *, only: list[str] | Non
         .drop("_rank", "_first")
     )
     timer.step("findings sorted")
-    return Analysis(findings, transactions, meter_values, statuses, tables, options)
+    return Analysis(findings, transactions, samples, statuses, tables, options)

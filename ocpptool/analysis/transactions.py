@@ -158,7 +158,8 @@ def orphaned_transaction(ctx: AnalysisContext) -> pl.LazyFrame:
     )
     # A transaction is alive as long as meter values for it keep coming: measure from its last sign of life.
     activity = (
-        ctx.meter_values.filter(pl.col("transaction_id").is_not_null())
+        (ctx.meter_values if ctx.sample_messages is None else ctx.sample_messages)
+        .filter(pl.col("transaction_id").is_not_null())
         .group_by("charge_point_id", "transaction_id")
         .agg(last_activity=pl.col("ts").max())
     )

@@ -234,7 +234,7 @@ def analyse_rows(rows: list[tuple], options: Any = None) -> list[dict[str, Any]]
     from ..tables.build import build_tables
 
     raw = conform(pl.DataFrame(rows, schema={c: RAW_SCHEMA[c] for c in _RAW_COLS}, orient="row"))
-    return run(build_tables([raw]), options).findings.to_dicts()
+    return run(build_tables([raw]), options, meter_values=False).findings.to_dicts()
 
 
 _STORES: dict[str, dict[str, deque[tuple]]] = {}
