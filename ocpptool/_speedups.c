@@ -1207,14 +1207,15 @@ static PyObject *count_lines(PyObject *self, PyObject *args) {
 
 /* ------------------------------------------------------------------------------ payload walker (analysis) */
 /*
- * walk_payloads(stream, kinds, configs) reads a column of OCPP payloads (an Arrow string or string-view
- * stream, as Polars exports a Series) without the GIL, each as the configuration of its kind says (kinds: one
+ * walk_payloads(stream, kinds, configs, energy_only=False) reads a column of OCPP payloads (an Arrow string
+ * or string-view stream, as Polars exports a Series) without the GIL, each as the configuration of its kind
+ * says (kinds: one
  * byte per payload, or None for all the first; a configuration: (meter_key, paths, anywhere)),
  * and gives, per payload:
  *
- *   - sure: 1 when this code fully understood the payload, else 0: the caller reads that payload with the
- *     Polars reference (json_path_match, json_decode behind a textual shape guard). Like the splitter, this
- *     code only has to be right when it says sure;
+ *   - sure: 1 when this code fully understood the payload (2: and it holds sampled values), else 0: the
+ *     caller reads that payload with the Polars reference (json_path_match, json_decode behind a textual
+ *     shape guard). Like the splitter, this code only has to be right when it says sure;
  *   - the text of each path ("a" or "a.b"), as json_path_match gives it for what is read here: an
  *     escape-free string, a plain integer, null or missing (anything else: not sure). anywhere=1 reads
  *     single keys as a regex's first match in the whole text would (the key may then occur only once, at
@@ -1222,7 +1223,8 @@ static PyObject *count_lines(PyObject *self, PyObject *args) {
  *   - with meter_key (MeterValues "meterValue", StopTransaction "transactionData", TransactionEvent
  *     "meterValue"): every sampledValue under the top-level array of that name, as json_decode into the
  *     meter-value struct gives it (numbers as Polars prints them, true/false as text), with the meterValue's
- *     timestamp in microseconds (strict ISO 8601; a zone-less time is UTC);
+ *     timestamp in microseconds (strict ISO 8601; a zone-less time is UTC); with energy_only, only those of
+ *     the energy register (measurand "Energy.Active.Import.Register", null or omitted);
  *   - always: the first "timestamp" string anywhere (as the time detectors' regex finds it) and that time in
  *     microseconds, and whether a key "offline" holds true anywhere.
  *
@@ -1275,6 +1277,7 @@ typedef struct {
     cp_t stamp;    /* the first "timestamp" string (content), as the time detectors' regex finds it */
     int64_t stamp_len;
     int offline;   /* a key "offline" holding true, anywhere */
+    int64_t nsampled; /* sampled values read (every measurand) */
     char numbuf[64 * 16];
     int numused;
     /* output */
@@ -1282,6 +1285,7 @@ typedef struct {
     int64_t scap;
     int oom;
     int64_t row;
+    int energy_only; /* rows only for the samples of the energy register (a measurand omitted is it) */
 } Walk;
 
 static int wk_key(cp_t s, int64_t n) {
@@ -1589,6 +1593,15 @@ static cp_t w_object(Walk *w, cp_t p, cp_t e, int depth, int role, unsigned path
                         one.set = 0;
                         p = w_object(w, p, e, depth + 2, R_SV_ELEM, 0, 0, &one);
                         if (!p) return NULL;
+                        w->nsampled++;
+                        const WScalar *val = ws_get(&one, WK_VALUE), *ms = ws_get(&one, WK_MEASURAND);
+                        if (w->energy_only && ms->type == 2 &&
+                            !(ms->len == 29 && memcmp(ms->s, "Energy.Active.Import.Register", 29) == 0)) {
+                            double num; /* no row, but the value is read alike: the same payloads are sure */
+                            int dec;
+                            if (val->type == 2 && !w_value_number(val->s, val->len, &num, &dec)) return NULL;
+                            goto next_sample;
+                        }
                         /* one sample row (its time is set when the meterValue closes) */
                         const WScalar *unit = ws_get(&one, WK_UNIT)->type == 2 ? ws_get(&one, WK_UNIT) : ws_get(&one, WK_UOM);
                         int ok = col_i64(&w->scol[S_ROW], w->row) && col_i64(&w->scol[S_TS], 0);
@@ -1600,7 +1613,6 @@ static cp_t w_object(Walk *w, cp_t p, cp_t e, int depth, int role, unsigned path
                             ok = f->type == 2 ? col_str(&w->scol[map[i][0]], f->s, f->len) : col_null(&w->scol[map[i][0]]);
                         }
                         if (ok) ok = unit->type == 2 ? col_str(&w->scol[S_UNIT], unit->s, unit->len) : col_null(&w->scol[S_UNIT]);
-                        const WScalar *val = ws_get(&one, WK_VALUE);
                         if (ok && val->type == 2) {
                             double num;
                             int dec;
@@ -1613,6 +1625,7 @@ static cp_t w_object(Walk *w, cp_t p, cp_t e, int depth, int role, unsigned path
                             w->oom = 1;
                             return NULL;
                         }
+                    next_sample:
                         p = skip_ws(p, e);
                         if (p >= e) return NULL;
                         if (*p == ']') {
@@ -1759,6 +1772,7 @@ static int w_payload(Walk *w, cp_t s, int64_t len) {
     w->numused = 0;
     w->stamp = NULL;
     w->offline = 0;
+    w->nsampled = 0;
     cp_t e = s + len, p = skip_ws(s, e);
     int ok = p < e && *p == '{';
     if (ok) {
@@ -1779,7 +1793,7 @@ static int w_payload(Walk *w, cp_t s, int64_t len) {
         return -1;
     }
     if (!col_i8(&w->offline_col, (int8_t)w->offline)) return -1;
-    if (!col_i8(&w->sure, 1)) return -1;
+    if (!col_i8(&w->sure, w->nsampled ? 2 : 1)) return -1; /* 2: sure, with samples */
     for (int i = 0; i < cf->npaths; i++) {
         WScalar *f = &w->field[i];
         if (!(f->type == 2 ? col_str(&fields[i], f->s, f->len) : col_null(&fields[i]))) return -1;
@@ -1951,9 +1965,11 @@ static int w_config(WCfg *c, PyObject *t) {
 static PyObject *walk_payloads(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *stream_cap, *kinds_obj, *configs;
-    if (!PyArg_ParseTuple(args, "OOO!", &stream_cap, &kinds_obj, &PyTuple_Type, &configs)) return NULL;
+    int energy_only = 0;
+    if (!PyArg_ParseTuple(args, "OOO!|p", &stream_cap, &kinds_obj, &PyTuple_Type, &configs, &energy_only)) return NULL;
     Walk *w = calloc(1, sizeof(Walk));
     if (!w) return PyErr_NoMemory();
+    w->energy_only = energy_only;
     PyObject *out = NULL;
     Strings t;
     memset(&t, 0, sizeof(t));
@@ -2323,7 +2339,7 @@ done:
 
 static PyMethodDef METHODS[] = {
     {"walk_payloads", walk_payloads, METH_VARARGS,
-     "walk_payloads(stream, kinds, configs) -> (sure, fields, samples, stamps)\n\n"
+     "walk_payloads(stream, kinds, configs, energy_only=False) -> (sure, fields, samples, stamps)\n\n"
      "Read OCPP payloads (an Arrow string stream capsule) for the analysis; see the C source."},
     {"class_keys", class_keys, METH_VARARGS,
      "class_keys(stream, enums) -> (exact, class)\n\n"

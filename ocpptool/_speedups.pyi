@@ -10,6 +10,7 @@ def walk_payloads(
     stream: object,
     kinds: _Buffer | None,
     configs: tuple[tuple[bytes | None, tuple[bytes, ...], bool], ...],
+    energy_only: bool = False,
 ) -> tuple[
     tuple[object, object],
     tuple[tuple[tuple[object, object], ...], ...],

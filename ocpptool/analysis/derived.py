@@ -557,8 +557,9 @@ class Walks:
         return unkeyed(pl.concat(parts).sort("idx").lazy()).collect().lazy()
 
 
-def walk_calls(messages: pl.LazyFrame) -> Walks:
-    """Walk the CALL payloads the analysis reads (see :class:`Walks`), on two threads."""
+def walk_calls(messages: pl.LazyFrame, energy_only: bool = False) -> Walks:
+    """Walk the CALL payloads the analysis reads (see :class:`Walks`), on two threads (``energy_only``: sample
+    rows only for the energy register, see :func:`derive`)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from .time import from_charger
@@ -575,7 +576,7 @@ def walk_calls(messages: pl.LazyFrame) -> Walks:
     ])  # fmt: skip
     with ThreadPoolExecutor(max_workers=2) as pool:
         w_other = pool.submit(walk, other["payload"], [Config()])
-        w = walk(calls["payload"], _CONFIGS, calls["_kind"], pool=pool)
+        w = walk(calls["payload"], _CONFIGS, calls["_kind"], pool=pool, energy_only=energy_only)
         return Walks(calls, other, w, w_other.result())
 
 
@@ -639,8 +640,8 @@ def _raw_samples_compiled(walks: Walks, keep: dict, energy_only: bool = False) -
     ).filter(pl.col("transaction_id").is_not_null())  # fmt: skip
     s = w.samples
     assert s is not None
-    sampled = [rows[s["row"].unique(maintain_order=True)].select(*_SAMPLED)]
-    if energy_only:  # (a sampled value without a measurand is the register: _sample_fields)
+    sampled = [rows.filter(w.sampled).select(*_SAMPLED)]
+    if energy_only:  # (the walker keeps those alone when asked; a sampled value without a measurand is the register)
         s = s.filter(pl.col("measurand").is_null() | (pl.col("measurand") == ENERGY_REGISTER))
     finished = [_finish_samples(rows[s["row"]].hstack(s.select(
         "sample_ts", _number="number", _decimals="decimals", **_sample_fields(*(pl.col(c) for c in (
@@ -910,7 +911,7 @@ def derive(messages: pl.LazyFrame, on_step: Callable[[str], None] | None = None,
     from .walk import available
 
     if walks is None and available():
-        walks = walk_calls(messages)
+        walks = walk_calls(messages, energy_only)
     if walks is not None:
         sample_rows = _raw_samples_compiled(walks, kept, energy_only)
     else:

@@ -286,7 +286,7 @@ def run(tables: Tables, options: Options | None = None, *, only: list[str] | Non
     if available():  # the payloads read once, in C, for the derived tables and the time detectors
         from .derived import keyed, walk_calls
 
-        walks = walk_calls(keyed(tables.messages.lazy()))
+        walks = walk_calls(keyed(tables.messages.lazy()), energy_only=not meter_values)
         stamps = walks.stamps()
         timer.step("payloads walked")
     with ThreadPoolExecutor(max_workers=1) as pool:

@@ -53,6 +53,7 @@ class Walked:
     """What the walker read from a column of payloads (row positions are the column's)."""
 
     sure: pl.Series  # Boolean, one per payload
+    sampled: pl.Series  # Boolean, one per payload: sure, and it holds sampled values (of any measurand)
     fields: list[pl.DataFrame]  # per configuration, one String column per path (null where not sure or another kind)
     # one row per sampledValue of the sure payloads, in order: ``row``, ``sample_ts`` and the sampled value's
     # fields as json_decode reads them (``unit``: unit, else unitOfMeasure.unit; ``multiplier``: its text),
@@ -80,20 +81,22 @@ def _in_pieces(n: int, piece: Callable[[int, int], tuple], pool: ThreadPoolExecu
 
 
 def walk(payloads: pl.Series, configs: list[Config], kinds: pl.Series | None = None,
-         pool: ThreadPoolExecutor | None = None) -> Walked:
+         pool: ThreadPoolExecutor | None = None, energy_only: bool = False) -> Walked:
     """Walk a String column of payloads (see the C source for the rules), each as ``configs[kind]`` says
     (``kinds``: a UInt8 per payload; None: all the first). Large columns are cut in two pieces walked on
-    ``pool`` (a pool of two threads when None)."""
+    ``pool`` (a pool of two threads when None). ``energy_only``: sample rows only for the energy register
+    (its measurand, null or omitted); the others are still read, for ``sure`` and ``sampled``."""
     args = tuple(c.arg() for c in configs)
 
     def piece(offset: int, length: int) -> tuple:
         assert _speedups is not None
         # bytes from a list, not numpy: importing numpy alone takes ~0.2 s
         k = None if kinds is None else bytes(kinds.slice(offset, length).cast(pl.UInt8).to_list())
-        return _speedups.walk_payloads(payloads.slice(offset, length).__arrow_c_stream__(), k, args)
+        return _speedups.walk_payloads(payloads.slice(offset, length).__arrow_c_stream__(), k, args, energy_only)
 
     bounds, results = _in_pieces(payloads.len(), piece, pool)
-    sure = pl.concat([column("sure", r[0]) for r in results]).cast(pl.Boolean)
+    marks = pl.concat([column("sure", r[0]) for r in results])  # 0 not sure, 1 sure, 2 sure with samples
+    sure, sampled = marks.cast(pl.Boolean), marks == 2
     fields = [
         pl.DataFrame(
             [pl.concat([column(name, r[1][k][i]) for r in results]) for i, (name, _) in enumerate(c.paths)],
@@ -112,7 +115,7 @@ def walk(payloads: pl.Series, configs: list[Config], kinds: pl.Series | None = N
         pl.DataFrame([column(name, pair) for name, pair in zip(("stamp_text", "stamp", "offline"), r[3], strict=True)])
         for r in results
     ]).with_columns(pl.col("stamp").cast(TS), pl.col("offline").cast(pl.Boolean))  # fmt: skip
-    return Walked(sure, fields, samples, stamps)
+    return Walked(sure, sampled.alias("sampled"), fields, samples, stamps)
 
 
 def class_keys(payloads: pl.Series, enums: list[str]) -> pl.DataFrame:
