@@ -2107,6 +2107,8 @@ typedef struct {
     EnumStr *slot; /* open addressing, power of two */
     uint32_t *id;
     int64_t mask;
+    unsigned char first[256]; /* a byte some enum value starts with (a quick no for the rest) */
+    uint64_t lens;            /* bit n: some enum value is n bytes long (bit 63: 63 or longer) */
     unsigned char blur[256];
     char *buf;
     int64_t cap, len;
@@ -2128,6 +2130,7 @@ static uint64_t hash_bytes(const char *s, int64_t n, uint64_t seed) {
 }
 
 static int cls_enum(const Cls *c, cp_t s, int64_t n) {
+    if (!((c->lens >> (n < 63 ? n : 63)) & 1) || (n && !c->first[s[0]])) return -1;
     uint64_t h = hash_bytes((const char *)s, n, 7);
     for (int64_t i = (int64_t)(h & (uint64_t)c->mask);; i = (i + 1) & c->mask) {
         if (!c->slot[i].s) return -1;
@@ -2163,6 +2166,17 @@ static inline int cls_put(Cls *c, const void *s, int64_t n) {
     return 1;
 }
 
+/* A member name (s, n) of a payload ending at e: short names are copied as one fixed 16-byte move (no call;
+ * the bytes past the name land in the room reserved and are overwritten next). */
+static inline int cls_name(Cls *c, cp_t s, int64_t n, cp_t e) {
+    if (n <= 16 && e - s >= 16) {
+        memcpy(c->buf + c->len, s, 16);
+        c->len += n;
+        return 1;
+    }
+    return cls_put(c, s, n);
+}
+
 /* tag, the text with its letters and digits blurred, an end byte */
 static int cls_blurred(Cls *c, char tag, cp_t s, int64_t n) {
     char *o = c->buf + c->len;
@@ -2191,7 +2205,7 @@ static cp_t cls_value(Cls *c, cp_t p, cp_t e, int depth) {
         for (;;) {
             if (p >= e || *p != '"') return NULL;
             cp_t q = cls_string(p, e);
-            if (!q || !cls_byte(c, 'K') || !cls_put(c, p + 1, q - 1 - (p + 1)) || !cls_byte(c, 0)) return NULL;
+            if (!q || !cls_byte(c, 'K') || !cls_name(c, p + 1, q - 1 - (p + 1), e) || !cls_byte(c, 0)) return NULL;
             p = skip_ws(q, e);
             if (p >= e || *p != ':') return NULL;
             p = cls_value(c, p + 1, e, depth + 1);
@@ -2286,6 +2300,8 @@ static PyObject *class_keys(PyObject *self, PyObject *args) {
         }
         const char *s = PyBytes_AS_STRING(v);
         Py_ssize_t n = PyBytes_GET_SIZE(v);
+        if (n) c.first[(unsigned char)s[0]] = 1;
+        c.lens |= 1ull << (n < 63 ? n : 63);
         if (cls_enum(&c, (cp_t)s, n) >= 0) continue;
         uint64_t h = hash_bytes(s, n, 7);
         int64_t j = (int64_t)(h & (uint64_t)c.mask);
