@@ -2155,36 +2155,31 @@ static int cls_reserve(Cls *c, int64_t n) {
     return 1;
 }
 
-static inline int cls_byte(Cls *c, char b) {
-    c->buf[c->len++] = b;
-    return 1;
-}
+static inline void cls_byte(Cls *c, char b) { c->buf[c->len++] = b; }
 
-static inline int cls_put(Cls *c, const void *s, int64_t n) {
+static inline void cls_put(Cls *c, const void *s, int64_t n) {
     memcpy(c->buf + c->len, s, (size_t)n);
     c->len += n;
-    return 1;
 }
 
 /* A member name (s, n) of a payload ending at e: short names are copied as one fixed 16-byte move (no call;
  * the bytes past the name land in the room reserved and are overwritten next). */
-static inline int cls_name(Cls *c, cp_t s, int64_t n, cp_t e) {
+static inline void cls_name(Cls *c, cp_t s, int64_t n, cp_t e) {
     if (n <= 16 && e - s >= 16) {
         memcpy(c->buf + c->len, s, 16);
         c->len += n;
-        return 1;
+    } else {
+        cls_put(c, s, n);
     }
-    return cls_put(c, s, n);
 }
 
 /* tag, the text with its letters and digits blurred, an end byte */
-static int cls_blurred(Cls *c, char tag, cp_t s, int64_t n) {
+static void cls_blurred(Cls *c, char tag, cp_t s, int64_t n) {
     char *o = c->buf + c->len;
     *o++ = tag;
     for (int64_t i = 0; i < n; i++) o[i] = (char)c->blur[s[i]];
     o[n] = 0;
     c->len += n + 2;
-    return 1;
 }
 
 /* An escape-free string at p (the quote): its end, or NULL (escaped or invalid: a class of its own). */
@@ -2194,39 +2189,57 @@ static cp_t cls_string(cp_t p, cp_t e) {
     return q && !esc ? q : NULL;
 }
 
+/* The value at p, its class text appended (room for it reserved by cls_reserve): its end, or NULL. */
 static cp_t cls_value(Cls *c, cp_t p, cp_t e, int depth) {
     p = skip_ws(p, e);
     if (p >= e) return NULL;
     switch (*p) {
     case '{': {
-        if (depth >= MAX_DEPTH || !cls_byte(c, '{')) return NULL;
+        if (depth >= MAX_DEPTH) return NULL;
+        cls_byte(c, '{');
         p = skip_ws(p + 1, e);
-        if (p < e && *p == '}') return cls_byte(c, '}') ? p + 1 : NULL;
+        if (p < e && *p == '}') {
+            cls_byte(c, '}');
+            return p + 1;
+        }
         for (;;) {
             if (p >= e || *p != '"') return NULL;
             cp_t q = cls_string(p, e);
-            if (!q || !cls_byte(c, 'K') || !cls_name(c, p + 1, q - 1 - (p + 1), e) || !cls_byte(c, 0)) return NULL;
+            if (!q) return NULL;
+            cls_byte(c, 'K');
+            cls_name(c, p + 1, q - 1 - (p + 1), e);
+            cls_byte(c, 0);
             p = skip_ws(q, e);
             if (p >= e || *p != ':') return NULL;
             p = cls_value(c, p + 1, e, depth + 1);
             if (!p) return NULL;
             p = skip_ws(p, e);
             if (p >= e) return NULL;
-            if (*p == '}') return cls_byte(c, '}') ? p + 1 : NULL;
+            if (*p == '}') {
+                cls_byte(c, '}');
+                return p + 1;
+            }
             if (*p != ',') return NULL;
             p = skip_ws(p + 1, e);
         }
     }
     case '[': {
-        if (depth >= MAX_DEPTH || !cls_byte(c, '[')) return NULL;
+        if (depth >= MAX_DEPTH) return NULL;
+        cls_byte(c, '[');
         p = skip_ws(p + 1, e);
-        if (p < e && *p == ']') return cls_byte(c, ']') ? p + 1 : NULL;
+        if (p < e && *p == ']') {
+            cls_byte(c, ']');
+            return p + 1;
+        }
         for (;;) {
             p = cls_value(c, p, e, depth + 1);
             if (!p) return NULL;
             p = skip_ws(p, e);
             if (p >= e) return NULL;
-            if (*p == ']') return cls_byte(c, ']') ? p + 1 : NULL;
+            if (*p == ']') {
+                cls_byte(c, ']');
+                return p + 1;
+            }
             if (*p != ',') return NULL;
             p = skip_ws(p + 1, e);
         }
@@ -2237,22 +2250,31 @@ static cp_t cls_value(Cls *c, cp_t p, cp_t e, int depth) {
         int id = cls_enum(c, p + 1, q - 1 - (p + 1));
         if (id >= 0) {
             unsigned char t[3] = {'E', (unsigned char)(id & 0xFF), (unsigned char)(id >> 8)};
-            return cls_put(c, t, 3) ? q : NULL;
+            cls_put(c, t, 3);
+            return q;
         }
-        return cls_blurred(c, 'S', p + 1, q - 1 - (p + 1)) ? q : NULL;
+        cls_blurred(c, 'S', p + 1, q - 1 - (p + 1));
+        return q;
     }
     case 't':
-        return literal(p, e, "true", 4) && cls_byte(c, 'T') ? p + 4 : NULL;
+        if (!literal(p, e, "true", 4)) return NULL;
+        cls_byte(c, 'T');
+        return p + 4;
     case 'f':
-        return literal(p, e, "false", 5) && cls_byte(c, 'F') ? p + 5 : NULL;
+        if (!literal(p, e, "false", 5)) return NULL;
+        cls_byte(c, 'F');
+        return p + 5;
     case 'n':
-        return literal(p, e, "null", 4) && cls_byte(c, 'Z') ? p + 4 : NULL;
+        if (!literal(p, e, "null", 4)) return NULL;
+        cls_byte(c, 'Z');
+        return p + 4;
     default: {
         cp_t q = skip_number(p, e);
         if (!q) return NULL;
         for (cp_t r = p; r < q; r++)
             if (*r == 'e' || *r == 'E') return NULL; /* 1e5 is a float, 125 an integer: apart */
-        return cls_blurred(c, 'N', p, q - p) ? q : NULL;
+        cls_blurred(c, 'N', p, q - p);
+        return q;
     }
     }
 }

@@ -641,7 +641,7 @@ def _raw_samples_compiled(walks: Walks, keep: dict, energy_only: bool = False) -
     s = w.samples
     assert s is not None
     sampled = [rows.filter(w.sampled).select(*_SAMPLED)]
-    if energy_only:  # (the walker keeps those alone when asked; a sampled value without a measurand is the register)
+    if energy_only and not w.energy_only:  # (a sampled value without a measurand is the register)
         s = s.filter(pl.col("measurand").is_null() | (pl.col("measurand") == ENERGY_REGISTER))
     finished = [_finish_samples(rows[s["row"]].hstack(s.select(
         "sample_ts", _number="number", _decimals="decimals", **_sample_fields(*(pl.col(c) for c in (

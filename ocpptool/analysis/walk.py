@@ -62,6 +62,7 @@ class Walked:
     # per payload: ``stamp_text`` (the first "timestamp" string, as the time detectors' regex finds it),
     # ``stamp`` (it read as a UTC time), ``offline`` (a key "offline" holding true)
     stamps: pl.DataFrame
+    energy_only: bool = False  # ``samples`` holds the energy register's samples only
 
 
 def _in_pieces(n: int, piece: Callable[[int, int], tuple], pool: ThreadPoolExecutor | None = None
@@ -115,7 +116,7 @@ def walk(payloads: pl.Series, configs: list[Config], kinds: pl.Series | None = N
         pl.DataFrame([column(name, pair) for name, pair in zip(("stamp_text", "stamp", "offline"), r[3], strict=True)])
         for r in results
     ]).with_columns(pl.col("stamp").cast(TS), pl.col("offline").cast(pl.Boolean))  # fmt: skip
-    return Walked(sure, sampled.alias("sampled"), fields, samples, stamps)
+    return Walked(sure, sampled.alias("sampled"), fields, samples, stamps, energy_only)
 
 
 def class_keys(payloads: pl.Series, enums: list[str]) -> pl.DataFrame:

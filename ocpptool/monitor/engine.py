@@ -399,18 +399,15 @@ class LineView:
         self.err = Output(err or sys.stderr)
         self.show_frames = frames
 
-    def _write(self, text: str) -> None:
-        self.out.write(text)
-
     def frames(self, infos: list[FrameInfo]) -> None:
         if self.show_frames:
-            self._write("".join(
+            self.out.write("".join(
                 f"{i.seen.ts.strftime('%Y-%m-%dT%H:%M:%S.%f')[:-3]}Z {i.seen.charge_point_id} {i.seen.direction} "
                 f"{i.message_type} {i.action or '-'} {i.seen.text}\n" for i in infos))  # fmt: skip
 
     def connection(self, ev: ConnEvent) -> None:
         line = f"{ev.ts.strftime('%Y-%m-%dT%H:%M:%S.%f')[:-3]}Z {ev.charge_point_id} {ev.kind}: {ev.detail}\n"
-        self._write(line)
+        self.out.write(line)
         if ev.kind == "refused" or (ev.kind == "closed" and ev.code in (1011, 1014)):
             self.err.write(f"ocpptool: monitor: {ev.charge_point_id}: {ev.detail}\n")
 
@@ -418,7 +415,7 @@ class LineView:
         pass
 
     def findings(self, rows: list[dict[str, Any]]) -> None:
-        self._write("".join(
+        self.out.write("".join(
             f"FINDING {r['severity']} {r['code']} {r['charge_point_id'] or '-'}"
             f"{' tx ' + r['transaction_id'] if r['transaction_id'] else ''}: {r['summary']}\n" for r in rows))  # fmt: skip
 
