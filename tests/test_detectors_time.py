@@ -180,6 +180,20 @@ def test_a_single_odd_timestamp_is_not_an_episode():
     assert findings(t, "clock-drift").is_empty()
 
 
+def test_interleaved_chargers_are_each_judged_against_their_own_clock():
+    """A charger 15 minutes ahead between the messages of one with a right clock: one drift episode holding
+    all of its messages (the other's do not break it), and no jump from one charger's clock to the other's."""
+    rows = []
+    for i in range(4):
+        rows.append(up(i * 10, status(f"a{i}", i * 10 + 900), cp="CP-A"))
+        rows.append(up(i * 10 + 5, status(f"b{i}", i * 10 + 5), cp="CP-B"))
+    t = frames(*rows)
+    drift = findings(t, "clock-drift")
+    assert drift["charge_point_id"].to_list() == ["CP-A"]
+    assert drift["evidence"][0].to_list() == [0, 2, 4, 6]
+    assert findings(t, "clock-jump").is_empty()
+
+
 # --------------------------------------------------------------------------- clock-jump
 
 

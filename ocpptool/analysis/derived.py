@@ -167,18 +167,30 @@ def payload_ts(text: pl.Expr) -> pl.Expr:
 _NO_CP = "\x00"  # prefix of the stand-in key for rows whose source did not name the charge point
 
 
-def keyed(lf: pl.LazyFrame) -> pl.LazyFrame:
+def keyed(lf: pl.LazyFrame, complete: bool = False) -> pl.LazyFrame:
     """Fill a null ``charge_point_id`` with a stand-in made from ``conn``, so that joins and groups keep such rows
-    (Polars joins never match null keys; many logs do not name the charge point)."""
+    (Polars joins never match null keys; many logs do not name the charge point).
+
+    ``complete``: the caller knows every row names its charge point (:func:`names_every_charge_point`), so
+    there is nothing to fill: the frame as it is, without a text column built for every row."""
+    if complete:
+        return lf
     return lf.with_columns(
         charge_point_id=pl.coalesce("charge_point_id", pl.lit(_NO_CP) + pl.col("conn").fill_null(""))
     )
 
 
-def unkeyed(lf: pl.LazyFrame) -> pl.LazyFrame:
-    """Undo :func:`keyed`: the stand-in becomes null again."""
+def unkeyed(lf: pl.LazyFrame, complete: bool = False) -> pl.LazyFrame:
+    """Undo :func:`keyed`: the stand-in becomes null again (``complete``: there is none)."""
+    if complete:
+        return lf
     cp = pl.col("charge_point_id")
     return lf.with_columns(charge_point_id=pl.when(~cp.str.starts_with(_NO_CP)).then(cp))
+
+
+def names_every_charge_point(*frames: pl.DataFrame) -> bool:
+    """Whether no row of these tables lacks its charge point: then :func:`keyed` has nothing to fill."""
+    return all(f["charge_point_id"].null_count() == 0 for f in frames)
 
 
 def per_charge_point(fn: Callable) -> Callable:
@@ -186,13 +198,16 @@ def per_charge_point(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(ctx):
-        return unkeyed(fn(keyed_context(ctx)))
+        return unkeyed(fn(keyed_context(ctx)), ctx.cp_complete)
 
     return wrapper
 
 
 def keyed_context(ctx):
-    """The context with every table :func:`keyed` (frames cached already keyed, like meter_pairs, pass as is)."""
+    """The context with every table :func:`keyed` (frames cached already keyed, like meter_pairs, pass as is);
+    the context itself when every message names its charge point (``ctx.cp_complete``)."""
+    if ctx.cp_complete:
+        return ctx
     return dataclasses.replace(
         ctx, messages=keyed(ctx.messages), connections=keyed(ctx.connections),
         transactions=keyed(ctx.transactions), meter_values=keyed(ctx.meter_values), statuses=keyed(ctx.statuses),
@@ -535,6 +550,7 @@ class Walks:
     other: pl.DataFrame
     w: Walked
     w_other: Walked
+    cp_complete: bool = False  # every message names its charge point (nothing was keyed)
 
     def stamps(self) -> pl.LazyFrame:
         """The time detectors' stamped rows (charger CALLs with an observed ts and a payload timestamp: ``idx``,
@@ -554,12 +570,12 @@ class Walks:
         rest = pl.concat(left)
         if rest.height:
             parts.append(stamped_rows(rest.lazy()).collect())
-        return unkeyed(pl.concat(parts).sort("idx").lazy()).collect().lazy()
+        return unkeyed(pl.concat(parts).sort("idx").lazy(), self.cp_complete).collect().lazy()
 
 
-def walk_calls(messages: pl.LazyFrame, energy_only: bool = False) -> Walks:
+def walk_calls(messages: pl.LazyFrame, energy_only: bool = False, cp_complete: bool = False) -> Walks:
     """Walk the CALL payloads the analysis reads (see :class:`Walks`), on two threads (``energy_only``: sample
-    rows only for the energy register, see :func:`derive`)."""
+    rows only for the energy register, see :func:`derive`; ``cp_complete``: see :func:`keyed`)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from .time import from_charger
@@ -577,7 +593,7 @@ def walk_calls(messages: pl.LazyFrame, energy_only: bool = False) -> Walks:
     with ThreadPoolExecutor(max_workers=2) as pool:
         w_other = pool.submit(walk, other["payload"], [Config()])
         w = walk(calls["payload"], _CONFIGS, calls["_kind"], pool=pool, energy_only=energy_only)
-        return Walks(calls, other, w, w_other.result())
+        return Walks(calls, other, w, w_other.result(), cp_complete)
 
 
 def _statuses_compiled(calls: pl.DataFrame) -> pl.DataFrame:
@@ -892,7 +908,7 @@ def _conform(lf: pl.LazyFrame, schema: dict[str, pl.DataType]) -> pl.LazyFrame:
 
 def derive(messages: pl.LazyFrame, on_step: Callable[[str], None] | None = None,
            events: Callable[[], pl.DataFrame] | None = None, walks: Walks | None = None,
-           energy_only: bool = False) -> Derived:
+           energy_only: bool = False, cp_complete: bool = False) -> Derived:
     """Build the transactions, meter_values and statuses tables (lazy) from the messages table.
 
     ``on_step(label)`` is called after each materialised step (timing). ``events()``: the
@@ -900,10 +916,11 @@ def derive(messages: pl.LazyFrame, on_step: Callable[[str], None] | None = None,
     thread can read them meanwhile); None: read here. ``energy_only``: meter_values holds only the samples of
     the energy register (``Energy.Active.Import.Register``, also when the measurand is omitted), all that the
     detectors read of it (what they read per message comes from ``sample_messages``, of every sample): a
-    quarter of the rows of a usual fleet, for a run whose tables are not exported.
+    quarter of the rows of a usual fleet, for a run whose tables are not exported. ``cp_complete``: every
+    message names its charge point (see :func:`keyed`).
     """
     step = on_step or (lambda label: None)
-    messages = keyed(messages)
+    messages = keyed(messages, cp_complete)
     # The samples and the transactions feed several of the derived tables: parse the payloads once.
     kept: dict = {}
     if events is None:
@@ -911,7 +928,7 @@ def derive(messages: pl.LazyFrame, on_step: Callable[[str], None] | None = None,
     from .walk import available
 
     if walks is None and available():
-        walks = walk_calls(messages, energy_only)
+        walks = walk_calls(messages, energy_only, cp_complete)
     if walks is not None:
         sample_rows = _raw_samples_compiled(walks, kept, energy_only)
     else:
@@ -975,9 +992,10 @@ def derive(messages: pl.LazyFrame, on_step: Callable[[str], None] | None = None,
         mv = mv.sort("idx", maintain_order=True)
     meter_values = mv.lazy()
     return Derived(
-        _conform(unkeyed(tx), TRANSACTIONS), _conform(unkeyed(meter_values), METER_VALUES),
-        _conform(unkeyed(kept["statuses"].lazy() if "statuses" in kept else _statuses(messages)), STATUSES),
+        _conform(unkeyed(tx, cp_complete), TRANSACTIONS), _conform(unkeyed(meter_values, cp_complete), METER_VALUES),
+        _conform(unkeyed(kept["statuses"].lazy() if "statuses" in kept else _statuses(messages), cp_complete),
+                 STATUSES),
         meter_templates=kept.get("meter_templates"),
         meter_ids=kept.get("meter_ids"), transaction_events=te_fields, references=kept.get("references"),
-        sample_messages=unkeyed(sampled.lazy()),
+        sample_messages=unkeyed(sampled.lazy(), cp_complete),
     )

@@ -95,6 +95,8 @@ class AnalysisContext:
     stamps: pl.LazyFrame | None = None  # the time detectors' stamped rows, from the compiled walker (derived.Walks)
     # the messages with meter samples, one row each (derived.Derived.sample_messages; None: read meter_values)
     sample_messages: pl.LazyFrame | None = None
+    # every message and connection names its charge point: keying (derived.keyed) is the identity
+    cp_complete: bool = False
 
 
 @dataclass(frozen=True)
@@ -187,13 +189,14 @@ _USES_REFERENCES = {"unknown-transaction", "duplicate-transaction", "invalid-tra
 
 
 def _derive(tables: Tables, options: Options, timer: _Timer, events=None, walks=None,
-            stamps=None, energy_only: bool = False) -> tuple[AnalysisContext, object, tuple]:
+            stamps=None, energy_only: bool = False, cp_complete: bool = False) -> tuple[AnalysisContext, object, tuple]:
     """The derived tables, materialised once (every detector reads them; re-deriving them per detector, a lazy
     plan per consumer, would parse the payloads many times over), on a context."""
     from .derived import derive
 
     msgs = tables.messages.lazy()
-    derived = derive(msgs, on_step=timer.step, events=events, walks=walks, energy_only=energy_only)
+    derived = derive(msgs, on_step=timer.step, events=events, walks=walks, energy_only=energy_only,
+                     cp_complete=cp_complete)
     assert derived.sample_messages is not None
     transactions, meter_values, statuses, sampled = pl.collect_all(
         [derived.transactions, derived.meter_values, derived.statuses, derived.sample_messages]
@@ -213,6 +216,7 @@ def _derive(tables: Tables, options: Options, timer: _Timer, events=None, walks=
         transaction_events=derived.transaction_events,
         stamps=stamps,
         sample_messages=sampled.lazy(),
+        cp_complete=cp_complete,
     )
     return ctx, derived, (transactions, meter_values, statuses)
 
@@ -280,13 +284,17 @@ def run(tables: Tables, options: Options | None = None, *, only: list[str] | Non
     options = options or Options()
     chosen = [d for c, d in DETECTORS.items() if only is None or c in only]
     early = [] if timer.per_detector else [d for d in chosen if d.code in _MESSAGES_ONLY]
+    from .derived import names_every_charge_point
     from .walk import available
 
+    # (usual: then no detector builds a stand-in charge point for each of the messages)
+    cp_complete = names_every_charge_point(tables.messages, tables.connections)
     walks = stamps = None
     if available():  # the payloads read once, in C, for the derived tables and the time detectors
         from .derived import keyed, walk_calls
 
-        walks = walk_calls(keyed(tables.messages.lazy()), energy_only=not meter_values)
+        walks = walk_calls(keyed(tables.messages.lazy(), cp_complete), energy_only=not meter_values,
+                           cp_complete=cp_complete)
         stamps = walks.stamps()
         timer.step("payloads walked")
     with ThreadPoolExecutor(max_workers=1) as pool:
@@ -302,7 +310,7 @@ def run(tables: Tables, options: Options | None = None, *, only: list[str] | Non
             bare = AnalysisContext(
                 messages=tables.messages.lazy(), connections=tables.connections.lazy(), transactions=None,  # type: ignore[arg-type]
                 meter_values=None, statuses=None, options=options, capture_start=ts.min(), capture_end=ts.max(),  # type: ignore[arg-type]
-                stamps=stamps,
+                stamps=stamps, cp_complete=cp_complete,
             )  # fmt: skip
             pending = pool.submit(pl.collect_all, [conform_findings(d.fn(bare), d) for d in early])
         schema = [d for d in chosen if d.code == "schema-violation" and not timer.per_detector]
@@ -311,7 +319,8 @@ def run(tables: Tables, options: Options | None = None, *, only: list[str] | Non
 
             classes = pool.submit(untemplated_classes, tables.messages.lazy())
         ctx, derived, (transactions, samples, statuses) = _derive(tables, options, timer, events, walks, stamps,
-                                                                  energy_only=not meter_values)
+                                                                  energy_only=not meter_values,
+                                                                  cp_complete=cp_complete)
         later = [d for d in chosen if d not in early and d not in schema]
         found = dict(zip(later, _collect(_plans(ctx, derived, later, timer), later, timer), strict=True))
         if schema:

@@ -116,13 +116,16 @@ def _offsets(ctx: AnalysisContext) -> pl.LazyFrame:
         )
         # Sorted by charge point (its categorical code: a third of the time of sorting the text; the order of
         # the charge points is nobody's concern, the detectors work per charge point), then time. One cached
-        # node for clock-drift and clock-jump.
+        # node for clock-drift and clock-jump. ``_same``: the row before is of the same charge point, so the
+        # detectors read the previous row without a window over the charge point's text.
+        cp = pl.col("_cp")
         plan = (
             _stamped(ctx)
             .filter(pl.col("offset_s").is_not_null())
             .filter(~late)
             .with_columns(_cp=pl.col("charge_point_id").cast(pl.Categorical).to_physical())
             .sort("_cp", "ts", "idx")
+            .with_columns(_same=cp.eq_missing(cp.shift(1)) & (pl.int_range(pl.len()) > 0))
             .drop("_cp")
             .cache()
         )
@@ -151,14 +154,17 @@ def _offsets(ctx: AnalysisContext) -> pl.LazyFrame:
 def clock_drift(ctx: AnalysisContext) -> pl.LazyFrame:
     limit = ctx.options.clock_drift_s
     bad = pl.col("offset_s").abs() > limit
-    episode = (bad != bad.shift(1).fill_null(False)).cum_sum().over("charge_point_id")
+    # a run of offending rows of one charge point: a new number wherever one starts (the rows are in charge
+    # point order, so the numbers are unique over all of them)
+    episode = (bad & ~(pl.col("_same") & bad.shift(1)).fill_null(False)).cum_sum()
     med = pl.col("median_s")
     return (
         _offsets(ctx)
         .with_columns(bad=bad, episode=episode)
         .filter("bad")
-        .group_by("charge_point_id", "episode")
+        .group_by("episode")
         .agg(
+            pl.col("charge_point_id").first(),
             ts=pl.col("ts").first(),
             last=pl.col("ts").last(),
             conn=pl.col("conn").first(),
@@ -202,9 +208,12 @@ def clock_drift(ctx: AnalysisContext) -> pl.LazyFrame:
     jump in seconds (positive: the clock jumped forward).""",
 )
 def clock_jump(ctx: AnalysisContext) -> pl.LazyFrame:
-    jump = pl.col("offset_s") - pl.col("offset_s").shift(1).over("charge_point_id")
-    prev_idx = pl.col("idx").shift(1).over("charge_point_id")
-    prev_ts = pl.col("ts").shift(1).over("charge_point_id")
+    def prev(col: str) -> pl.Expr:  # the charge point's previous row (rows in charge point order)
+        return pl.when("_same").then(pl.col(col).shift(1))
+
+    jump = pl.col("offset_s") - prev("offset_s")
+    prev_idx = prev("idx")
+    prev_ts = prev("ts")
     return (
         _offsets(ctx)
         .with_columns(jump=jump, prev_idx=prev_idx, gap=seconds(pl.col("ts") - prev_ts))
