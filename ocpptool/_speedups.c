@@ -1205,9 +1205,184 @@ static PyObject *count_lines(PyObject *self, PyObject *args) {
     return PyLong_FromLongLong((long long)n);
 }
 
+static inline uint64_t w_mix(uint64_t h, uint64_t v) {
+    h ^= v;
+    h *= 0x9E3779B97F4A7C15ull;
+    h ^= h >> 32;
+    return h;
+}
+
+/* -------------------------------------------------------------------------- schema classes (analysis) */
+/*
+ * class_keys(stream, enums) gives, for each payload of a string column, two 64-bit keys for the schema check:
+ *
+ *   - exact: the payload's bytes (equal payloads are validated once);
+ *   - class: the payload's shape as a schema sees it: its structure and member names exactly, every string
+ *     that is one of `enums` (the schemas' enum values) exactly, every other string and every number with
+ *     its ASCII letters and digits blurred alike (length, signs, points and other characters kept),
+ *     true/false/null exactly; whitespace is not part of it. A payload with an escape, a number in exponent
+ *     form or invalid JSON is a class of its own (its exact key, tagged).
+ *
+ * Payloads of one class get the same verdict from a schema unless the schema looks into blurred content
+ * (patterns, lengths of escaped text, number ranges ...); the caller finds those classes and validates their
+ * payloads one by one (see ocpptool/analysis/schemas.py).
+ */
+
+typedef struct {
+    const char *s;
+    Py_ssize_t n;
+} EnumStr;
+
+typedef struct {
+    EnumStr *slot; /* open addressing, power of two */
+    uint32_t *id;
+    int64_t mask;
+    unsigned char first[256]; /* a byte some enum value starts with (a quick no for the rest) */
+    uint64_t lens;            /* bit n: some enum value is n bytes long (bit 63: 63 or longer) */
+    unsigned char blur[256];
+    char *buf;
+    int64_t cap, len;
+    int oom;
+} Cls;
+
+static uint64_t hash_bytes(const char *s, int64_t n, uint64_t seed) {
+    uint64_t h = seed ^ ((uint64_t)n * 0x9E3779B97F4A7C15ull);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t v;
+        memcpy(&v, s + i, 8);
+        h = w_mix(h, v);
+    }
+    uint64_t tail = 0;
+    memcpy(&tail, s + i, (size_t)(n - i));
+    h = w_mix(h, tail ^ ((uint64_t)(n - i) << 56));
+    return w_mix(h, (uint64_t)n);
+}
+
+static int cls_enum(const Cls *c, cp_t s, int64_t n) {
+    if (!((c->lens >> (n < 63 ? n : 63)) & 1) || (n && !c->first[s[0]])) return -1;
+    uint64_t h = hash_bytes((const char *)s, n, 7);
+    for (int64_t i = (int64_t)(h & (uint64_t)c->mask);; i = (i + 1) & c->mask) {
+        if (!c->slot[i].s) return -1;
+        if (c->slot[i].n == n && memcmp(c->slot[i].s, s, (size_t)n) == 0) return (int)c->id[i];
+    }
+}
+
+/* Room for a payload of n bytes: its class text is at most 3n + 16 bytes (a one-digit number becomes tag,
+ * digit, end), so the puts below need no check of their own. */
+static int cls_reserve(Cls *c, int64_t n) {
+    int64_t need = 3 * n + 16;
+    if (need <= c->cap) return 1;
+    int64_t cap = c->cap ? c->cap : 4096;
+    while (cap < need) cap *= 2;
+    char *b = realloc(c->buf, (size_t)cap);
+    if (!b) {
+        c->oom = 1;
+        return 0;
+    }
+    c->buf = b;
+    c->cap = cap;
+    return 1;
+}
+
+static inline void cls_byte(Cls *c, char b) { c->buf[c->len++] = b; }
+
+static inline void cls_put(Cls *c, const void *s, int64_t n) {
+    memcpy(c->buf + c->len, s, (size_t)n);
+    c->len += n;
+}
+
+/* A member name (s, n) of a payload ending at e: short names are copied as one fixed 16-byte move (no call;
+ * the bytes past the name land in the room reserved and are overwritten next). */
+static inline void cls_name(Cls *c, cp_t s, int64_t n, cp_t e) {
+    if (n <= 16 && e - s >= 16) {
+        memcpy(c->buf + c->len, s, 16);
+        c->len += n;
+    } else {
+        cls_put(c, s, n);
+    }
+}
+
+/* tag, the text with its letters and digits blurred, an end byte */
+static void cls_blurred(Cls *c, char tag, cp_t s, int64_t n) {
+    char *o = c->buf + c->len;
+    *o++ = tag;
+    for (int64_t i = 0; i < n; i++) o[i] = (char)c->blur[s[i]];
+    o[n] = 0;
+    c->len += n + 2;
+}
+
+/* The enum table and blur map from a tuple of bytes (the schemas' enum values; `enums` stays referenced by
+ * the caller while c is used). 0 with an exception set; call cls_free either way. */
+static int cls_init(Cls *c, PyObject *enums) {
+    memset(c, 0, sizeof(*c));
+    Py_ssize_t ne = PyTuple_GET_SIZE(enums);
+    if (ne >= 0xFFFF) {
+        PyErr_SetString(PyExc_ValueError, "enums: fewer than 65535");
+        return 0;
+    }
+    int64_t size = 16;
+    while (size < ne * 2) size *= 2;
+    c->slot = calloc((size_t)size, sizeof(EnumStr));
+    c->id = calloc((size_t)size, sizeof(uint32_t));
+    if (!c->slot || !c->id) {
+        PyErr_NoMemory();
+        return 0;
+    }
+    c->mask = size - 1;
+    for (Py_ssize_t i = 0; i < ne; i++) {
+        PyObject *v = PyTuple_GET_ITEM(enums, i);
+        if (!PyBytes_Check(v)) {
+            PyErr_SetString(PyExc_TypeError, "enums: bytes");
+            return 0;
+        }
+        const char *s = PyBytes_AS_STRING(v);
+        Py_ssize_t n = PyBytes_GET_SIZE(v);
+        if (n) c->first[(unsigned char)s[0]] = 1;
+        c->lens |= 1ull << (n < 63 ? n : 63);
+        if (cls_enum(c, (cp_t)s, n) >= 0) continue;
+        uint64_t h = hash_bytes(s, n, 7);
+        int64_t j = (int64_t)(h & (uint64_t)c->mask);
+        while (c->slot[j].s) j = (j + 1) & c->mask;
+        c->slot[j].s = s;
+        c->slot[j].n = n;
+        c->id[j] = (uint32_t)i;
+    }
+    for (int i = 0; i < 256; i++) c->blur[i] = (unsigned char)i;
+    for (int i = '0'; i <= '9'; i++) c->blur[i] = 'a';
+    for (int i = 'a'; i <= 'z'; i++) c->blur[i] = 'a';
+    for (int i = 'A'; i <= 'Z'; i++) c->blur[i] = 'a';
+    return 1;
+}
+
+static void cls_free(Cls *c) {
+    free(c->slot);
+    free(c->id);
+    free(c->buf);
+    memset(c, 0, sizeof(*c));
+}
+
+/* A string's class text (its content s, n: escape-free): the enum value's id, or the text blurred. */
+static inline void cls_text(Cls *c, cp_t s, int64_t n) {
+    int id = cls_enum(c, s, n);
+    if (id >= 0) {
+        unsigned char t[3] = {'E', (unsigned char)(id & 0xFF), (unsigned char)(id >> 8)};
+        cls_put(c, t, 3);
+    } else {
+        cls_blurred(c, 'S', s, n);
+    }
+}
+
+/* The class of a payload from its class text (ok) or, when it is a class of its own, from its exact key. */
+static inline int64_t cls_key(const Cls *c, int ok, uint64_t exact) {
+    return ok ? (int64_t)hash_bytes(c->buf, c->len, 0x13198A2E03707344ull) : (int64_t)w_mix(exact, 0xA4093822299F31D0ull);
+}
+
+static inline uint64_t cls_exact(cp_t s, int64_t n) { return hash_bytes((const char *)s, n, 0x243F6A8885A308D3ull); }
+
 /* ------------------------------------------------------------------------------ payload walker (analysis) */
 /*
- * walk_payloads(stream, kinds, configs, energy_only=False) reads a column of OCPP payloads (an Arrow string
+ * walk_payloads(stream, kinds, configs, energy_only=False, enums=None) reads a column of OCPP payloads (an Arrow string
  * or string-view stream, as Polars exports a Series) without the GIL, each as the configuration of its kind
  * says (kinds: one
  * byte per payload, or None for all the first; a configuration: (meter_key, paths, anywhere)),
@@ -1226,7 +1401,10 @@ static PyObject *count_lines(PyObject *self, PyObject *args) {
  *     timestamp in microseconds (strict ISO 8601; a zone-less time is UTC); with energy_only, only those of
  *     the energy register (measurand "Energy.Active.Import.Register", null or omitted);
  *   - always: the first "timestamp" string anywhere (as the time detectors' regex finds it) and that time in
- *     microseconds, and whether a key "offline" holds true anywhere.
+ *     microseconds, and whether a key "offline" holds true anywhere;
+ *   - with enums (the schema check's enum values): the payload's exact and class keys exactly as class_keys
+ *     gives them (null when not sure). The class text is written as the payload is read, each scalar by the
+ *     loop that holds it (wc_scalar), so the payloads that are most of a capture's bytes are read once.
  *
  * Samples come out in payload order (document order within one), so payloads of several kinds walked
  * together in message order need no sort.
@@ -1286,7 +1464,47 @@ typedef struct {
     int oom;
     int64_t row;
     int energy_only; /* rows only for the samples of the energy register (a measurand omitted is it) */
+    /* the schema check's keys of the payloads it is sure of (see class_keys), when asked: the class text is
+     * written as the payload is read (scalars by the loop that holds them), so the payload is read once */
+    Cls *cls;
+    int cls_own; /* a number in exponent form: the payload is a class of its own */
+    Col cls_exact_col, cls_key_col;
 } Walk;
+
+static inline void wc_byte(Walk *w, char b) {
+    if (w->cls) cls_byte(w->cls, b);
+}
+
+static inline void wc_name(Walk *w, cp_t s, int64_t n, cp_t e) {
+    if (w->cls) {
+        cls_byte(w->cls, 'K');
+        cls_name(w->cls, s, n, e);
+        cls_byte(w->cls, 0);
+    }
+}
+
+/* The class text of the scalar read at [v, q): an escape-free string, a number, true, false or null. */
+static inline void wc_scalar(Walk *w, cp_t v, cp_t q) {
+    if (!w->cls) return;
+    switch (*v) {
+    case '"':
+        cls_text(w->cls, v + 1, q - 1 - (v + 1));
+        return;
+    case 't':
+        cls_byte(w->cls, 'T');
+        return;
+    case 'f':
+        cls_byte(w->cls, 'F');
+        return;
+    case 'n':
+        cls_byte(w->cls, 'Z');
+        return;
+    default:
+        for (cp_t r = v; r < q; r++)
+            if (*r == 'e' || *r == 'E') w->cls_own = 1;
+        cls_blurred(w->cls, 'N', v, q - v);
+    }
+}
 
 static int wk_key(cp_t s, int64_t n) {
     switch (n) {
@@ -1472,14 +1690,19 @@ static cp_t w_object(Walk *w, cp_t p, cp_t e, int depth, int role, unsigned path
     if (depth >= MAX_DEPTH) return NULL;
     unsigned seen = 0; /* known keys seen in this object (repeats are not sure) */
     unsigned path_seen = 0;
+    wc_byte(w, '{');
     p = skip_ws(p + 1, e);
-    if (p < e && *p == '}') return p + 1;
+    if (p < e && *p == '}') {
+        wc_byte(w, '}');
+        return p + 1;
+    }
     for (;;) {
         if (p >= e || *p != '"') return NULL;
         cp_t ks;
         int64_t kl;
         cp_t q = w_key(p, e, &ks, &kl);
         if (!q) return NULL;
+        wc_name(w, ks, kl, e);
         p = skip_ws(q, e);
         if (p >= e || *p != ':') return NULL;
         p = skip_ws(p + 1, e);
@@ -1539,8 +1762,10 @@ static cp_t w_object(Walk *w, cp_t p, cp_t e, int depth, int role, unsigned path
             } else if (c == '[') {
                 /* the meter array: objects only */
                 if (depth + 1 >= MAX_DEPTH) return NULL;
+                wc_byte(w, '[');
                 p = skip_ws(p + 1, e);
                 if (p < e && *p == ']') {
+                    wc_byte(w, ']');
                     p++;
                 } else {
                     for (;;) {
@@ -1566,6 +1791,7 @@ static cp_t w_object(Walk *w, cp_t p, cp_t e, int depth, int role, unsigned path
                         p = skip_ws(p, e);
                         if (p >= e) return NULL;
                         if (*p == ']') {
+                            wc_byte(w, ']');
                             p++;
                             break;
                         }
@@ -1583,8 +1809,10 @@ static cp_t w_object(Walk *w, cp_t p, cp_t e, int depth, int role, unsigned path
             if (c == 'n') {
                 p = literal(p, e, "null", 4);
             } else {
+                wc_byte(w, '[');
                 p = skip_ws(p + 1, e);
                 if (p < e && *p == ']') {
+                    wc_byte(w, ']');
                     p++;
                 } else {
                     for (;;) {
@@ -1629,6 +1857,7 @@ static cp_t w_object(Walk *w, cp_t p, cp_t e, int depth, int role, unsigned path
                         p = skip_ws(p, e);
                         if (p >= e) return NULL;
                         if (*p == ']') {
+                            wc_byte(w, ']');
                             p++;
                             break;
                         }
@@ -1658,6 +1887,7 @@ static cp_t w_object(Walk *w, cp_t p, cp_t e, int depth, int role, unsigned path
             p = w_value(w, p, e, depth + 1, R_ANY, 0, 0, NULL);
         }
         if (!p) return NULL;
+        if (c != '{' && c != '[') wc_scalar(w, v, p);
         if (k == WK_TIMESTAMP && c == '"' && !w->stamp) {
             w->stamp = v + 1;
             w->stamp_len = p - 1 - (v + 1);
@@ -1665,7 +1895,10 @@ static cp_t w_object(Walk *w, cp_t p, cp_t e, int depth, int role, unsigned path
         if (c == 't' && kl == 7 && memcmp(ks, "offline", 7) == 0) w->offline = 1;
         p = skip_ws(p, e);
         if (p >= e) return NULL;
-        if (*p == '}') return p + 1;
+        if (*p == '}') {
+            wc_byte(w, '}');
+            return p + 1;
+        }
         if (*p != ',') return NULL;
         p = skip_ws(p + 1, e);
     }
@@ -1680,17 +1913,26 @@ static cp_t w_value(Walk *w, cp_t p, cp_t e, int depth, int role, unsigned paths
     case '[': {
         if (depth >= MAX_DEPTH) return NULL;
         int had_object = 0;
+        wc_byte(w, '[');
         p = skip_ws(p + 1, e);
-        if (p < e && *p == ']') return p + 1;
+        if (p < e && *p == ']') {
+            wc_byte(w, ']');
+            return p + 1;
+        }
         for (;;) {
             if (p >= e) return NULL;
             if (*p == '{') had_object = 1;
             else if (had_object) return NULL; /* an object, then something else: the guard's territory */
+            cp_t v = p;
             p = w_value(w, p, e, depth + 1, R_ANY, 0, 0, NULL);
             if (!p) return NULL;
+            if (*v != '{' && *v != '[') wc_scalar(w, v, p);
             p = skip_ws(p, e);
             if (p >= e) return NULL;
-            if (*p == ']') return p + 1;
+            if (*p == ']') {
+                wc_byte(w, ']');
+                return p + 1;
+            }
             if (*p != ',') return NULL;
             p = skip_ws(p + 1, e);
         }
@@ -1703,13 +1945,6 @@ static cp_t w_value(Walk *w, cp_t p, cp_t e, int depth, int role, unsigned paths
     default:
         return skip_value(p, e, depth);
     }
-}
-
-static inline uint64_t w_mix(uint64_t h, uint64_t v) {
-    h ^= v;
-    h *= 0x9E3779B97F4A7C15ull;
-    h ^= h >> 32;
-    return h;
 }
 
 typedef struct {
@@ -1756,6 +1991,7 @@ static int w_unsure(Walk *w) {
     if (!col_i8(&w->sure, 0)) return 0;
     for (int i = 0; i < w->c->npaths; i++)
         if (!col_null(&fields[i])) return 0;
+    if (w->cls && !(col_null(&w->cls_exact_col) && col_null(&w->cls_key_col))) return 0;
     return col_null(&w->stamp_text) && col_null(&w->stamp_us) && col_i8(&w->offline_col, 0);
 }
 
@@ -1773,6 +2009,11 @@ static int w_payload(Walk *w, cp_t s, int64_t len) {
     w->stamp = NULL;
     w->offline = 0;
     w->nsampled = 0;
+    w->cls_own = 0;
+    if (w->cls) {
+        w->cls->len = 0;
+        if (!cls_reserve(w->cls, len)) return -1;
+    }
     cp_t e = s + len, p = skip_ws(s, e);
     int ok = p < e && *p == '{';
     if (ok) {
@@ -1794,6 +2035,11 @@ static int w_payload(Walk *w, cp_t s, int64_t len) {
     }
     if (!col_i8(&w->offline_col, (int8_t)w->offline)) return -1;
     if (!col_i8(&w->sure, w->nsampled ? 2 : 1)) return -1; /* 2: sure, with samples */
+    if (w->cls) {
+        uint64_t x = cls_exact(s, len);
+        if (!col_i64(&w->cls_exact_col, (int64_t)x) || !col_i64(&w->cls_key_col, cls_key(w->cls, !w->cls_own, x)))
+            return -1;
+    }
     for (int i = 0; i < cf->npaths; i++) {
         WScalar *f = &w->field[i];
         if (!(f->type == 2 ? col_str(&fields[i], f->s, f->len) : col_null(&fields[i]))) return -1;
@@ -1912,6 +2158,8 @@ static void walk_free(Walk *w) {
     col_free(&w->stamp_text);
     col_free(&w->stamp_us);
     col_free(&w->offline_col);
+    col_free(&w->cls_exact_col);
+    col_free(&w->cls_key_col);
     for (int k = 0; k < W_MAX_CFG; k++)
         for (int i = 0; i < W_MAX_PATHS; i++) col_free(&w->fields[k][i]);
     for (int i = 0; i < N_SCOLS; i++) col_free(&w->scol[i]);
@@ -1964,12 +2212,19 @@ static int w_config(WCfg *c, PyObject *t) {
 
 static PyObject *walk_payloads(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *stream_cap, *kinds_obj, *configs;
+    PyObject *stream_cap, *kinds_obj, *configs, *enums = Py_None;
     int energy_only = 0;
-    if (!PyArg_ParseTuple(args, "OOO!|p", &stream_cap, &kinds_obj, &PyTuple_Type, &configs, &energy_only)) return NULL;
+    if (!PyArg_ParseTuple(args, "OOO!|pO", &stream_cap, &kinds_obj, &PyTuple_Type, &configs, &energy_only, &enums))
+        return NULL;
+    if (enums != Py_None && !PyTuple_Check(enums)) {
+        PyErr_SetString(PyExc_TypeError, "enums: a tuple of bytes or None");
+        return NULL;
+    }
     Walk *w = calloc(1, sizeof(Walk));
     if (!w) return PyErr_NoMemory();
     w->energy_only = energy_only;
+    Cls cls;
+    memset(&cls, 0, sizeof(cls));
     PyObject *out = NULL;
     Strings t;
     memset(&t, 0, sizeof(t));
@@ -1988,6 +2243,10 @@ static PyObject *walk_payloads(PyObject *self, PyObject *args) {
         if (PyObject_GetBuffer(kinds_obj, &kinds, PyBUF_SIMPLE) < 0) goto done;
         have_kinds = 1;
     }
+    if (enums != Py_None) {
+        if (!cls_init(&cls, enums)) goto done;
+        w->cls = &cls;
+    }
     if (!strings_read(stream_cap, "walk_payloads", &t)) goto done;
     int64_t rows = t.rows;
     if (have_kinds) {
@@ -2003,6 +2262,7 @@ static PyObject *walk_payloads(PyObject *self, PyObject *args) {
     }
     int ok = col_init(&w->sure, K_I8, rows, 0) && col_init(&w->stamp_text, K_VIEW, rows, rows * 24) &&
              col_init(&w->stamp_us, K_I64, rows, 0) && col_init(&w->offline_col, K_I8, rows, 0);
+    if (ok && w->cls) ok = col_init(&w->cls_exact_col, K_I64, rows, 0) && col_init(&w->cls_key_col, K_I64, rows, 0);
     for (int k = 0; k < w->ncfg; k++)
         for (int i = 0; i < w->cfg[k].npaths && ok; i++) ok = col_init(&w->fields[k][i], K_VIEW, rows, rows * 8);
     int64_t srows = meters ? rows * 4 : 16;
@@ -2069,7 +2329,18 @@ static PyObject *walk_payloads(PyObject *self, PyObject *args) {
             PyTuple_SET_ITEM(stamps, 2, c);
         }
     }
-    if (sure && samples && stamps) out = PyTuple_Pack(4, sure, fields, samples, stamps);
+    PyObject *keys = NULL;
+    if (!w->cls) {
+        Py_INCREF(Py_None);
+        keys = Py_None;
+    } else {
+        PyObject *a = export_col(&w->cls_exact_col, "exact"), *b = a ? export_col(&w->cls_key_col, "key") : NULL;
+        if (a && b) keys = PyTuple_Pack(2, a, b);
+        Py_XDECREF(a);
+        Py_XDECREF(b);
+    }
+    if (sure && samples && stamps && keys) out = PyTuple_Pack(5, sure, fields, samples, stamps, keys);
+    Py_XDECREF(keys);
     Py_XDECREF(stamps);
     Py_XDECREF(sure);
     Py_DECREF(fields);
@@ -2079,108 +2350,12 @@ done:
     strings_free(&t);
     walk_free(w);
     free(w);
+    cls_free(&cls);
     return out;
 }
 
 /* -------------------------------------------------------------------------- schema classes (analysis) */
-/*
- * class_keys(stream, enums) gives, for each payload of a string column, two 64-bit keys for the schema check:
- *
- *   - exact: the payload's bytes (equal payloads are validated once);
- *   - class: the payload's shape as a schema sees it: its structure and member names exactly, every string
- *     that is one of `enums` (the schemas' enum values) exactly, every other string and every number with
- *     its ASCII letters and digits blurred alike (length, signs, points and other characters kept),
- *     true/false/null exactly; whitespace is not part of it. A payload with an escape, a number in exponent
- *     form or invalid JSON is a class of its own (its exact key, tagged).
- *
- * Payloads of one class get the same verdict from a schema unless the schema looks into blurred content
- * (patterns, lengths of escaped text, number ranges ...); the caller finds those classes and validates their
- * payloads one by one (see ocpptool/analysis/schemas.py).
- */
-
-typedef struct {
-    const char *s;
-    Py_ssize_t n;
-} EnumStr;
-
-typedef struct {
-    EnumStr *slot; /* open addressing, power of two */
-    uint32_t *id;
-    int64_t mask;
-    unsigned char first[256]; /* a byte some enum value starts with (a quick no for the rest) */
-    uint64_t lens;            /* bit n: some enum value is n bytes long (bit 63: 63 or longer) */
-    unsigned char blur[256];
-    char *buf;
-    int64_t cap, len;
-    int oom;
-} Cls;
-
-static uint64_t hash_bytes(const char *s, int64_t n, uint64_t seed) {
-    uint64_t h = seed ^ ((uint64_t)n * 0x9E3779B97F4A7C15ull);
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        uint64_t v;
-        memcpy(&v, s + i, 8);
-        h = w_mix(h, v);
-    }
-    uint64_t tail = 0;
-    memcpy(&tail, s + i, (size_t)(n - i));
-    h = w_mix(h, tail ^ ((uint64_t)(n - i) << 56));
-    return w_mix(h, (uint64_t)n);
-}
-
-static int cls_enum(const Cls *c, cp_t s, int64_t n) {
-    if (!((c->lens >> (n < 63 ? n : 63)) & 1) || (n && !c->first[s[0]])) return -1;
-    uint64_t h = hash_bytes((const char *)s, n, 7);
-    for (int64_t i = (int64_t)(h & (uint64_t)c->mask);; i = (i + 1) & c->mask) {
-        if (!c->slot[i].s) return -1;
-        if (c->slot[i].n == n && memcmp(c->slot[i].s, s, (size_t)n) == 0) return (int)c->id[i];
-    }
-}
-
-/* Room for a payload of n bytes: its class text is at most 3n + 16 bytes (a one-digit number becomes tag,
- * digit, end), so the puts below need no check of their own. */
-static int cls_reserve(Cls *c, int64_t n) {
-    int64_t need = 3 * n + 16;
-    if (need <= c->cap) return 1;
-    int64_t cap = c->cap ? c->cap : 4096;
-    while (cap < need) cap *= 2;
-    char *b = realloc(c->buf, (size_t)cap);
-    if (!b) {
-        c->oom = 1;
-        return 0;
-    }
-    c->buf = b;
-    c->cap = cap;
-    return 1;
-}
-
-static inline void cls_byte(Cls *c, char b) { c->buf[c->len++] = b; }
-
-static inline void cls_put(Cls *c, const void *s, int64_t n) {
-    memcpy(c->buf + c->len, s, (size_t)n);
-    c->len += n;
-}
-
-/* A member name (s, n) of a payload ending at e: short names are copied as one fixed 16-byte move (no call;
- * the bytes past the name land in the room reserved and are overwritten next). */
-static inline void cls_name(Cls *c, cp_t s, int64_t n, cp_t e) {
-    if (n <= 16 && e - s >= 16) {
-        memcpy(c->buf + c->len, s, 16);
-        c->len += n;
-    } else {
-        cls_put(c, s, n);
-    }
-}
-
-/* tag, the text with its letters and digits blurred, an end byte */
-static void cls_blurred(Cls *c, char tag, cp_t s, int64_t n) {
-    char *o = c->buf + c->len;
-    *o++ = tag;
-    for (int64_t i = 0; i < n; i++) o[i] = (char)c->blur[s[i]];
-    o[n] = 0;
-    c->len += n + 2;
-}
+/* (the class text helpers and the enum table are above the payload walker, which writes class text too) */
 
 /* An escape-free string at p (the quote): its end, or NULL (escaped or invalid: a class of its own). */
 static cp_t cls_string(cp_t p, cp_t e) {
@@ -2247,13 +2422,7 @@ static cp_t cls_value(Cls *c, cp_t p, cp_t e, int depth) {
     case '"': {
         cp_t q = cls_string(p, e);
         if (!q) return NULL;
-        int id = cls_enum(c, p + 1, q - 1 - (p + 1));
-        if (id >= 0) {
-            unsigned char t[3] = {'E', (unsigned char)(id & 0xFF), (unsigned char)(id >> 8)};
-            cls_put(c, t, 3);
-            return q;
-        }
-        cls_blurred(c, 'S', p + 1, q - 1 - (p + 1));
+        cls_text(c, p + 1, q - 1 - (p + 1));
         return q;
     }
     case 't':
@@ -2280,12 +2449,11 @@ static cp_t cls_value(Cls *c, cp_t p, cp_t e, int depth) {
 }
 
 static void cls_one(Cls *c, cp_t s, int64_t n, int64_t *exact, int64_t *cls) {
-    uint64_t x = hash_bytes((const char *)s, n, 0x243F6A8885A308D3ull);
+    uint64_t x = cls_exact(s, n);
     c->len = 0;
     cp_t p = cls_reserve(c, n) ? cls_value(c, s, s + n, 0) : NULL;
     *exact = (int64_t)x;
-    if (p && skip_ws(p, s + n) == s + n) *cls = (int64_t)hash_bytes(c->buf, c->len, 0x13198A2E03707344ull);
-    else *cls = (int64_t)w_mix(x, 0xA4093822299F31D0ull); /* a class of its own */
+    *cls = cls_key(c, p && skip_ws(p, s + n) == s + n, x); /* else a class of its own */
 }
 
 static PyObject *class_keys(PyObject *self, PyObject *args) {
@@ -2300,42 +2468,7 @@ static PyObject *class_keys(PyObject *self, PyObject *args) {
     PyObject *out = NULL;
     Strings t;
     memset(&t, 0, sizeof(t));
-    Py_ssize_t ne = PyTuple_GET_SIZE(enums);
-    if (ne >= 0xFFFF) {
-        PyErr_SetString(PyExc_ValueError, "enums: fewer than 65535");
-        goto done;
-    }
-    int64_t size = 16;
-    while (size < ne * 2) size *= 2;
-    c.slot = calloc((size_t)size, sizeof(EnumStr));
-    c.id = calloc((size_t)size, sizeof(uint32_t));
-    if (!c.slot || !c.id) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    c.mask = size - 1;
-    for (Py_ssize_t i = 0; i < ne; i++) {
-        PyObject *v = PyTuple_GET_ITEM(enums, i);
-        if (!PyBytes_Check(v)) {
-            PyErr_SetString(PyExc_TypeError, "enums: bytes");
-            goto done;
-        }
-        const char *s = PyBytes_AS_STRING(v);
-        Py_ssize_t n = PyBytes_GET_SIZE(v);
-        if (n) c.first[(unsigned char)s[0]] = 1;
-        c.lens |= 1ull << (n < 63 ? n : 63);
-        if (cls_enum(&c, (cp_t)s, n) >= 0) continue;
-        uint64_t h = hash_bytes(s, n, 7);
-        int64_t j = (int64_t)(h & (uint64_t)c.mask);
-        while (c.slot[j].s) j = (j + 1) & c.mask;
-        c.slot[j].s = s;
-        c.slot[j].n = n;
-        c.id[j] = (uint32_t)i;
-    }
-    for (int i = 0; i < 256; i++) c.blur[i] = (unsigned char)i;
-    for (int i = '0'; i <= '9'; i++) c.blur[i] = 'a';
-    for (int i = 'a'; i <= 'z'; i++) c.blur[i] = 'a';
-    for (int i = 'A'; i <= 'Z'; i++) c.blur[i] = 'a';
+    if (!cls_init(&c, enums)) goto done;
     if (!strings_read(stream_cap, "class_keys", &t)) goto done;
     if (!col_init(&exact, K_I64, t.rows, 0) || !col_init(&cls, K_I64, t.rows, 0)) {
         PyErr_NoMemory();
@@ -2369,15 +2502,13 @@ done:
     strings_free(&t);
     col_free(&exact);
     col_free(&cls);
-    free(c.slot);
-    free(c.id);
-    free(c.buf);
+    cls_free(&c);
     return out;
 }
 
 static PyMethodDef METHODS[] = {
     {"walk_payloads", walk_payloads, METH_VARARGS,
-     "walk_payloads(stream, kinds, configs, energy_only=False) -> (sure, fields, samples, stamps)\n\n"
+     "walk_payloads(stream, kinds, configs, energy_only=False, enums=None) -> (sure, fields, samples, stamps, keys)\n\n"
      "Read OCPP payloads (an Arrow string stream capsule) for the analysis; see the C source."},
     {"class_keys", class_keys, METH_VARARGS,
      "class_keys(stream, enums) -> (exact, class)\n\n"

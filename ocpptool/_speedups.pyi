@@ -11,10 +11,12 @@ def walk_payloads(
     kinds: _Buffer | None,
     configs: tuple[tuple[bytes | None, tuple[bytes, ...], bool], ...],
     energy_only: bool = False,
+    enums: tuple[bytes, ...] | None = None,
 ) -> tuple[
     tuple[object, object],
     tuple[tuple[tuple[object, object], ...], ...],
     dict[str, tuple[object, object]] | None,
     tuple[tuple[object, object], tuple[object, object], tuple[object, object]],
+    tuple[tuple[object, object], tuple[object, object]] | None,
 ]: ...
 def class_keys(stream: object, enums: tuple[bytes, ...]) -> tuple[tuple[object, object], tuple[object, object]]: ...

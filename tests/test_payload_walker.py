@@ -348,6 +348,59 @@ def test_schema_classes_from_c_are_the_polars_classes():
     assert 20 < len(partition(c["key"])) < 400  # classes merge payloads, and keep them apart
 
 
+@pytest.mark.parametrize("energy_only", [False, True], ids=["all-samples", "register-only"])
+def test_the_walk_keys_the_payloads_it_is_sure_of_as_class_keys_does(energy_only):
+    """The schema check takes the walked payloads' class keys from the walk (one read of the bytes, not two):
+    for every payload the walker is sure of they are class_keys' own, exact key included; the others are
+    left null for class_keys. Real, odd and mutated payloads of every kind (numbers in exponent form,
+    nested arrays, enum values and other text, whitespace, unitOfMeasure objects)."""
+    from ocpptool.analysis import schemas
+    from ocpptool.analysis.derived import _CONFIGS
+    from ocpptool.analysis.walk import class_keys, walk
+
+    extra = [
+        '{"a":[1,2.5e3,true,false,null,"Wh",{"b":[]},[[]]],"meterValue":[{"timestamp":"2026-01-01T00:00:00Z",'
+        '"sampledValue":[{"value":"1","unit":"kWh","measurand":"Power.Active.Import"}]}]}',
+        '{ "connectorId" : 1 , "meterValue" : [ { "timestamp" : "2026-01-01T00:00:00Z" , "sampledValue" : [ { '
+        '"value" : "12.5" , "unitOfMeasure" : { "unit" : "kWh" , "multiplier" : 3 } } ] } ] , "x" : {"y":[1E5]}}',
+        '{"status":"Available","connectorId":1,"errorCode":"NoError","timestamp":"2026-01-01T00:00:00Z"}',
+    ]
+    from ocpptool.analysis.derived import _KINDS
+
+    base = [(p, _KINDS[a]) for a, p in ODD if a in _KINDS] + [(COMMON_16, 0), (COMMON_201, 2)]
+    base += [(extra[0], 0), (extra[1], 0), (extra[2], 3)]
+    rng = random.Random(11)
+    rows = base * 4
+    for n in range(3000):
+        text, kind = rng.choice(base)
+        b = bytearray(text.encode())
+        for _ in range(rng.randint(1, 3)):
+            i = rng.randrange(len(b))
+            if n % 3 == 0:  # anything, anywhere, read as any kind: mostly payloads the walker leaves
+                b[i:i + rng.randint(0, 1)] = bytes([rng.choice(b'{}[],:" 0123456789.-eEtrufalsnZ')])
+                kind = rng.randrange(len(_CONFIGS))
+            elif chr(b[i]).isalnum():  # other text, other lengths, other numbers, other enum values
+                b[i:i + rng.randint(0, 1)] = bytes([rng.choice(b"0123456789aZ")]) * rng.randint(0, 2)
+            else:
+                b[i:i] = b" "
+        rows.append((b.decode("utf-8", "replace"), kind))
+    s = pl.Series([p for p, _ in rows])
+    kinds = pl.Series([k for _, k in rows], dtype=pl.UInt8)
+    enums = schemas.enum_values()
+    walked = walk(s, _CONFIGS, kinds, energy_only=energy_only, enums=enums)
+    assert walked.keys is not None
+    reference = class_keys(s, enums)
+    sure = walked.sure
+    # the walker is sure of the intact payloads and of many mutated ones, of many classes
+    assert sure.sum() > 600 and walked.keys.filter(sure)["key"].n_unique() > 150
+    assert_frame_equal(walked.keys.filter(sure), reference.filter(sure))
+    assert walked.keys.filter(~sure).null_count().row(0) == ((~sure).sum(), (~sure).sum())
+    # and without enums, the walk keys nothing and reads the same
+    plain = walk(s, _CONFIGS, kinds, energy_only=energy_only)
+    assert plain.keys is None and plain.sure.equals(walked.sure)
+    assert_frame_equal(plain.samples, walked.samples)
+
+
 @pytest.mark.parametrize("pure", ["", "1"], ids=["walker", "polars"])
 def test_keeping_only_the_energy_register_changes_no_finding(pure, monkeypatch):
     """`analyze` without --export keeps only the energy register's samples (all the detectors read): the

@@ -572,10 +572,19 @@ class Walks:
             parts.append(stamped_rows(rest.lazy()).collect())
         return unkeyed(pl.concat(parts).sort("idx").lazy(), self.cp_complete).collect().lazy()
 
+    def class_keys(self) -> pl.DataFrame | None:
+        """The schema check's keys of the walked CALLs (``idx``, ``exact``, ``key``; null where the walker was not
+        sure), when the walk was asked for them (see :func:`walk_calls`)."""
+        return None if self.w.keys is None else self.calls.select("idx").hstack(self.w.keys)
 
-def walk_calls(messages: pl.LazyFrame, energy_only: bool = False, cp_complete: bool = False) -> Walks:
+
+def walk_calls(messages: pl.LazyFrame, energy_only: bool = False, cp_complete: bool = False,
+               enums: Callable[[], list[str]] | None = None) -> Walks:
     """Walk the CALL payloads the analysis reads (see :class:`Walks`), on two threads (``energy_only``: sample
-    rows only for the energy register, see :func:`derive`; ``cp_complete``: see :func:`keyed`)."""
+    rows only for the energy register, see :func:`derive`; ``cp_complete``: see :func:`keyed`). ``enums``: gives
+    the schema check's enum values (asked for once the rows are selected: another thread may load them
+    meanwhile); the walk then also keys the payloads for the schema check (:meth:`Walks.class_keys`): the
+    payloads that are most of the bytes are read once, not twice."""
     from concurrent.futures import ThreadPoolExecutor
 
     from .time import from_charger
@@ -590,9 +599,10 @@ def walk_calls(messages: pl.LazyFrame, energy_only: bool = False, cp_complete: b
                         pl.col("payload").str.contains('"timestamp"', literal=True))
         .select(*cols, _charger=pl.lit(True)),
     ])  # fmt: skip
+    values = None if enums is None else enums()
     with ThreadPoolExecutor(max_workers=2) as pool:
         w_other = pool.submit(walk, other["payload"], [Config()])
-        w = walk(calls["payload"], _CONFIGS, calls["_kind"], pool=pool, energy_only=energy_only)
+        w = walk(calls["payload"], _CONFIGS, calls["_kind"], pool=pool, energy_only=energy_only, enums=values)
         return Walks(calls, other, w, w_other.result(), cp_complete)
 
 

@@ -289,15 +289,21 @@ def run(tables: Tables, options: Options | None = None, *, only: list[str] | Non
 
     # (usual: then no detector builds a stand-in charge point for each of the messages)
     cp_complete = names_every_charge_point(tables.messages, tables.connections)
+    schema = [d for d in chosen if d.code == "schema-violation" and not timer.per_detector]
     walks = stamps = None
-    if available():  # the payloads read once, in C, for the derived tables and the time detectors
-        from .derived import keyed, walk_calls
-
-        walks = walk_calls(keyed(tables.messages.lazy(), cp_complete), energy_only=not meter_values,
-                           cp_complete=cp_complete)
-        stamps = walks.stamps()
-        timer.step("payloads walked")
     with ThreadPoolExecutor(max_workers=1) as pool:
+        if available():  # the payloads read once, in C: derived tables, time detectors, schema classes
+            from .derived import keyed, walk_calls
+
+            enums = None
+            if schema:  # (the schema files are read on the second thread while the rows are selected)
+                from .schemas import enum_values
+
+                enums = pool.submit(enum_values).result
+            walks = walk_calls(keyed(tables.messages.lazy(), cp_complete), energy_only=not meter_values,
+                               cp_complete=cp_complete, enums=enums)
+            stamps = walks.stamps()
+            timer.step("payloads walked")
         pending = events = None
 
         # the TransactionEvent fields first: the derived tables wait for them (the compiled walker reads them itself)
@@ -313,11 +319,10 @@ def run(tables: Tables, options: Options | None = None, *, only: list[str] | Non
                 stamps=stamps, cp_complete=cp_complete,
             )  # fmt: skip
             pending = pool.submit(pl.collect_all, [conform_findings(d.fn(bare), d) for d in early])
-        schema = [d for d in chosen if d.code == "schema-violation" and not timer.per_detector]
         if schema:  # its payload classes need no derived table; the detector runs last, once they are done
             from .schemas import untemplated_classes
 
-            classes = pool.submit(untemplated_classes, tables.messages.lazy())
+            classes = pool.submit(untemplated_classes, tables.messages.lazy(), None if walks is None else walks.class_keys())
         ctx, derived, (transactions, samples, statuses) = _derive(tables, options, timer, events, walks, stamps,
                                                                   energy_only=not meter_values,
                                                                   cp_complete=cp_complete)

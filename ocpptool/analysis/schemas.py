@@ -370,7 +370,13 @@ def _classes(rows: pl.LazyFrame) -> pl.LazyFrame:
     )
 
 
-def untemplated_classes(messages: pl.LazyFrame) -> tuple[pl.DataFrame, pl.DataFrame | None]:
+def enum_values() -> list[str]:
+    """The schemas' string enum values, unquoted (what :func:`.walk.class_keys` keeps exactly)."""
+    return [q[1:-1] for q in enum_tokens()[0] if q.startswith('"')]
+
+
+def untemplated_classes(messages: pl.LazyFrame, walked: pl.DataFrame | None = None
+                        ) -> tuple[pl.DataFrame, pl.DataFrame | None]:
     """(the checked rows without their payload, the classes of every checked payload but the MeterValues
     requests), for :func:`violations`, which classes those through the templates of :func:`.derived.derive`
     (``meter_templates`` holds every MeterValues CALL). It needs no derived table, so it can be computed while
@@ -378,13 +384,24 @@ def untemplated_classes(messages: pl.LazyFrame) -> tuple[pl.DataFrame, pl.DataFr
 
     With the compiled walker, every payload's keys come from C (:func:`.walk.class_keys`: the same classes
     as :func:`class_key`, whitespace aside): the rows, MeterValues requests included, carry their ``key`` and
-    there is no separate frame of classes (None)."""
+    there is no separate frame of classes (None). ``walked``: the keys the walker gave already
+    (:meth:`.derived.Walks.class_keys`), so that only the other payloads are read here."""
     from .walk import available, class_keys
 
     if available():
         found = _rows(messages, exact=False).collect()
-        keys = class_keys(found["payload"], [q[1:-1] for q in enum_tokens()[0] if q.startswith('"')])
-        return found.drop("payload").hstack(keys), None
+        if walked is None:
+            keys = class_keys(found["payload"], enum_values())
+            return found.drop("payload").hstack(keys), None
+        # the payloads the walker keyed already (``walked``: idx, exact, key; null where it was not sure); the
+        # compiled class_keys reads the others
+        found = found.join(walked, on="idx", how="left", maintain_order="left")
+        todo = found["key"].is_null()
+        if todo.any():
+            at = todo.arg_true()
+            rest = class_keys(found["payload"].gather(at), enum_values())
+            found = found.with_columns(found["exact"].scatter(at, rest["exact"]), found["key"].scatter(at, rest["key"]))
+        return found.drop("payload"), None
     rows = _rows(messages).cache()
     checked, classes = pl.collect_all([
         rows.drop("payload"),

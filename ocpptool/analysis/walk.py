@@ -63,6 +63,9 @@ class Walked:
     # ``stamp`` (it read as a UTC time), ``offline`` (a key "offline" holding true)
     stamps: pl.DataFrame
     energy_only: bool = False  # ``samples`` holds the energy register's samples only
+    # per payload, when asked (``enums``): the schema check's ``exact`` and ``key`` (UInt64) as :func:`class_keys`
+    # gives them, for the payloads the walker is sure of (null for the others)
+    keys: pl.DataFrame | None = None
 
 
 def _in_pieces(n: int, piece: Callable[[int, int], tuple], pool: ThreadPoolExecutor | None = None
@@ -82,18 +85,23 @@ def _in_pieces(n: int, piece: Callable[[int, int], tuple], pool: ThreadPoolExecu
 
 
 def walk(payloads: pl.Series, configs: list[Config], kinds: pl.Series | None = None,
-         pool: ThreadPoolExecutor | None = None, energy_only: bool = False) -> Walked:
+         pool: ThreadPoolExecutor | None = None, energy_only: bool = False,
+         enums: list[str] | None = None) -> Walked:
     """Walk a String column of payloads (see the C source for the rules), each as ``configs[kind]`` says
     (``kinds``: a UInt8 per payload; None: all the first). Large columns are cut in two pieces walked on
     ``pool`` (a pool of two threads when None). ``energy_only``: sample rows only for the energy register
-    (its measurand, null or omitted); the others are still read, for ``sure`` and ``sampled``."""
+    (its measurand, null or omitted); the others are still read, for ``sure`` and ``sampled``. ``enums``: the
+    schema check's enum values; the walk then also gives the :func:`class_keys` of the payloads it is sure
+    of (``Walked.keys``), so the schema check need not read them again."""
     args = tuple(c.arg() for c in configs)
+    enum_args = None if enums is None else tuple(e.encode() for e in enums)
 
     def piece(offset: int, length: int) -> tuple:
         assert _speedups is not None
         # bytes from a list, not numpy: importing numpy alone takes ~0.2 s
         k = None if kinds is None else bytes(kinds.slice(offset, length).cast(pl.UInt8).to_list())
-        return _speedups.walk_payloads(payloads.slice(offset, length).__arrow_c_stream__(), k, args, energy_only)
+        return _speedups.walk_payloads(payloads.slice(offset, length).__arrow_c_stream__(), k, args, energy_only,
+                                       enum_args)
 
     bounds, results = _in_pieces(payloads.len(), piece, pool)
     marks = pl.concat([column("sure", r[0]) for r in results])  # 0 not sure, 1 sure, 2 sure with samples
@@ -116,7 +124,13 @@ def walk(payloads: pl.Series, configs: list[Config], kinds: pl.Series | None = N
         pl.DataFrame([column(name, pair) for name, pair in zip(("stamp_text", "stamp", "offline"), r[3], strict=True)])
         for r in results
     ]).with_columns(pl.col("stamp").cast(TS), pl.col("offline").cast(pl.Boolean))  # fmt: skip
-    return Walked(sure, sampled.alias("sampled"), fields, samples, stamps, energy_only)
+    keys = None
+    if enums is not None:
+        keys = pl.DataFrame({
+            name: pl.concat([column(name, r[4][i]) for r in results]).reinterpret(signed=False)
+            for i, name in enumerate(("exact", "key"))
+        })  # fmt: skip
+    return Walked(sure, sampled.alias("sampled"), fields, samples, stamps, energy_only, keys)
 
 
 def class_keys(payloads: pl.Series, enums: list[str]) -> pl.DataFrame:
