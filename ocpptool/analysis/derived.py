@@ -595,10 +595,10 @@ def walk_calls(messages: pl.LazyFrame, energy_only: bool = False, cp_complete: b
         messages.filter((pl.col("message_type") == "CALL") & action.is_in(list(_KINDS)))
         .select(*cols, _charger=from_charger(), _kind=action.replace_strict(_KINDS, return_dtype=pl.UInt8))
         .with_row_index("_row"),
-        messages.filter(from_charger(), ~action.is_in(list(_KINDS)), pl.col("ts").is_not_null(),
-                        pl.col("payload").str.contains('"timestamp"', literal=True))
-        .select(*cols, _charger=pl.lit(True)),
+        messages.filter(from_charger(), ~action.is_in(list(_KINDS)), pl.col("ts").is_not_null()).select(*cols),
     ])  # fmt: skip
+    # the text search on those rows only (in the one filter, Polars would search every payload: 104 -> 40 ms CPU)
+    other = other.filter(pl.col("payload").str.contains('"timestamp"', literal=True)).with_columns(_charger=pl.lit(True))
     values = None if enums is None else enums()
     with ThreadPoolExecutor(max_workers=2) as pool:
         w_other = pool.submit(walk, other["payload"], [Config()])

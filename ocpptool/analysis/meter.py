@@ -207,13 +207,11 @@ def meter_unit_suspect(ctx: AnalysisContext) -> pl.LazyFrame:
 @per_charge_point
 def energy_implausible(ctx: AnalysisContext) -> pl.LazyFrame:
     k = ctx.options.kwh_suspect_ratio
-    r = readings(ctx).filter(pl.col("sample_ts").is_not_null())
-    base = r.select(
-        *SERIES, b_idx="idx", b_value="value", b_ts="sample_ts", b_tx="tx", b_resolution="resolution"
-    ).sort("b_ts")
+    # one sort by the charger's time serves both sides: ``until`` is the same time shifted
+    r = readings(ctx).filter(pl.col("sample_ts").is_not_null()).sort("sample_ts")
+    base = r.select(*SERIES, b_idx="idx", b_value="value", b_ts="sample_ts", b_tx="tx", b_resolution="resolution")
     joined = (
         r.with_columns(until=pl.col("sample_ts") - pl.duration(microseconds=int(MIN_POWER_WINDOW_S * 1e6)))
-        .sort("until")
         .join_asof(base, left_on="until", right_on="b_ts", by=SERIES, check_sortedness=False)
         .filter(pl.col("b_idx").is_not_null() & (pl.col("tx").eq_missing(pl.col("b_tx"))))
     )
