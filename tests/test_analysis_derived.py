@@ -303,6 +303,19 @@ def test_fleet_demo_transactions_are_reconstructed(fleet):
     assert fleet.meter_values.filter(pl.col("value").is_null()).height == 0
 
 
+def test_the_transaction_open_at_each_sample_keeps_the_samples_in_message_order(fleet):
+    """covering_transaction keeps its rows in message order (the analysis marks them sorted, so later sorts by
+    idx are skipped: a wrong mark would give wrong findings): samples of nine chargers, shuffled first."""
+    from ocpptool.analysis.derived import covering_transaction
+
+    samples = fleet.meter_values.filter(pl.col("connector_id").is_not_null())
+    assert samples.height > 100 and samples["charge_point_id"].n_unique() >= 5
+    shuffled = samples.sample(fraction=1.0, shuffle=True, seed=3).lazy()
+    covered = covering_transaction(shuffled, fleet.transactions.lazy()).collect()
+    assert covered["idx"].to_list() == sorted(samples["idx"].to_list())
+    assert covered["open_tid"].drop_nulls().len() > 0  # samples inside transactions found theirs
+
+
 def test_a_log_that_does_not_name_the_charge_point_still_pairs_start_and_stop():
     """Without a charge point id (many logs), rows are keyed by connection and the id stays null in the output."""
     s = Script().start(0, "CP", 7, meter=10).meter(60, "CP", 70, tid=7).stop(120, "CP", 7, meter=100)

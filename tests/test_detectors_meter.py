@@ -57,6 +57,18 @@ def test_registers_of_two_connectors_and_between_transactions_are_not_compared()
     assert s.findings("meter-regression").is_empty()
 
 
+def test_registers_of_other_locations_and_phases_on_one_connector_are_separate_series():
+    """An Inlet register and per-phase registers far below the Outlet one, interleaved with it on one
+    connector: each series only ever rises, so nothing went backwards."""
+    s = charging([5000, 5100, 5200], meter=4900, stop=5300)
+    for i, t in enumerate((70, 130, 190)):
+        s.meter(t, "CP", 100 + i * 10, tid=1, location="Inlet")
+        s.meter(t + 1, "CP", 40 + i, tid=1, phase="L1")
+        s.meter(t + 2, "CP", 30 + i, tid=1, phase="L2")
+    assert s.findings("meter-regression").is_empty() and s.findings("meter-reset").is_empty()
+    assert s.findings("meter-unit-suspect").is_empty()
+
+
 # ------------------------------------------------------------------------------------------- reset
 
 

@@ -904,7 +904,8 @@ def covering_transaction(lf: pl.LazyFrame, transactions: pl.LazyFrame, *, sorted
         (lf if sorted_by_idx else lf.sort("idx"))
         .join_asof(windows, left_on="idx", right_on="w_start", by=["charge_point_id", "connector_id"],
                    check_sortedness=False)
-        .with_columns(open_tid=pl.when(pl.col("w_end") >= pl.col("idx")).then(pl.col("w_tid")))
+        # (an as-of join keeps the order of its left side: still in idx order, which later sorts need not redo)
+        .with_columns(pl.col("idx").set_sorted(), open_tid=pl.when(pl.col("w_end") >= pl.col("idx")).then(pl.col("w_tid")))
         .drop("w_start", "w_end", "w_tid")
     )
 
@@ -1000,7 +1001,8 @@ def derive(messages: pl.LazyFrame, on_step: Callable[[str], None] | None = None,
     mv = sample_rows.with_columns(connector_id=connector)
     if not mv["idx"].is_sorted():  # (the samples come in message order)
         mv = mv.sort("idx", maintain_order=True)
-    meter_values = mv.lazy()
+    # said so, so that the detectors' sorts by idx of these rows cost nothing (Polars checks the flag)
+    meter_values = mv.with_columns(pl.col("idx").set_sorted()).lazy()
     return Derived(
         _conform(unkeyed(tx, cp_complete), TRANSACTIONS), _conform(unkeyed(meter_values, cp_complete), METER_VALUES),
         _conform(unkeyed(kept["statuses"].lazy() if "statuses" in kept else _statuses(messages), cp_complete),
