@@ -124,12 +124,7 @@ def walk(payloads: pl.Series, configs: list[Config], kinds: pl.Series | None = N
         pl.DataFrame([column(name, pair) for name, pair in zip(("stamp_text", "stamp", "offline"), r[3], strict=True)])
         for r in results
     ]).with_columns(pl.col("stamp").cast(TS), pl.col("offline").cast(pl.Boolean))  # fmt: skip
-    keys = None
-    if enums is not None:
-        keys = pl.DataFrame({
-            name: pl.concat([column(name, r[4][i]) for r in results]).reinterpret(signed=False)
-            for i, name in enumerate(("exact", "key"))
-        })  # fmt: skip
+    keys = None if enums is None else _key_frame([r[4] for r in results])
     return Walked(sure, sampled.alias("sampled"), fields, samples, stamps, energy_only, keys)
 
 
@@ -144,7 +139,12 @@ def class_keys(payloads: pl.Series, enums: list[str]) -> pl.DataFrame:
         return _speedups.class_keys(payloads.slice(offset, length).__arrow_c_stream__(), args)
 
     _, results = _in_pieces(payloads.len(), piece)
+    return _key_frame(results)
+
+
+def _key_frame(pieces: list[tuple]) -> pl.DataFrame:
+    """``exact`` and ``key`` (UInt64) from each piece's pair of Arrow columns (class_keys', or the walk's)."""
     return pl.DataFrame({
-        "exact": pl.concat([column("exact", r[0]) for r in results]).reinterpret(signed=False),
-        "key": pl.concat([column("key", r[1]) for r in results]).reinterpret(signed=False),
+        name: pl.concat([column(name, p[i]) for p in pieces]).reinterpret(signed=False)
+        for i, name in enumerate(("exact", "key"))
     })  # fmt: skip
