@@ -456,7 +456,7 @@ def build_tables(
             collect(pending.popleft().result())
     if on_stage:
         on_stage("correlating")
-    msgs = pl.concat(msg_parts, how="vertical_relaxed", rechunk=False) if msg_parts else None
+    msgs = pl.concat(msg_parts, how="vertical_relaxed", rechunk=True) if msg_parts else None
     weirds = pl.concat(weird_parts, how="vertical_relaxed") if weird_parts else schemas.empty(schemas.WEIRDS)
     msg_parts.clear()  # the parts live on only inside the concatenated frame
     if msgs is None or msgs.is_empty():
