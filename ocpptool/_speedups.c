@@ -1433,6 +1433,36 @@ typedef struct {
 
 #define W_MAX_CFG 4
 
+typedef struct {
+    unsigned set; /* bit k: f[k] was read (a field not read is missing) */
+    WScalar f[WK_UOM + 1];
+} WSample; /* scratch for one meterValue / sampledValue */
+
+/* Sampled-value templates. A fleet sends the same few sampled-value objects over and over, with only the
+ * value changing: {"value":"2596341","context":"Sample.Periodic",...,"unit":"Wh"}. When one begins with
+ * {"value": and its bytes after the value equal those of an object read before (at the same place in its
+ * array, for the same configuration and depth), what the walker reads from it equals what it read then but
+ * for the value: its other fields and the class text of its other members are copied from the template, and
+ * only the value is read. A template is kept only when nothing the walker reads from the object depends on
+ * where it stands: no "timestamp" or "offline" key, no number in exponent form, its fields strings, nulls or
+ * numbers (see sv_store). */
+#define SVT_SLOTS 8 /* by position in the sampledValue array (modulo) */
+#define SVT_MAX 256 /* the longest object tail kept */
+#define SVT_HEAD "{\"value\":"
+#define SVT_HEAD_LEN 9
+#define SVT_CLS_HEAD "{Kvalue" /* the class text of the head, with its zero: 8 bytes */
+#define SVT_CLS_HEAD_LEN 8
+
+typedef struct {
+    const void *cfg; /* the configuration it was read with; NULL: empty */
+    int depth;
+    int64_t slen, clen;
+    unsigned char tail[SVT_MAX]; /* the object's bytes after its value, to its closing brace */
+    char cls[3 * SVT_MAX + 16];  /* the class text of the tail */
+    char num[64];                /* the printed numbers among its fields */
+    WSample sample;              /* its fields but the value (strings point into tail or num) */
+} SvTemplate;
+
 /* How one kind of payload is read (a row's kind picks its configuration). */
 typedef struct {
     const char *mkey;
@@ -1469,6 +1499,7 @@ typedef struct {
     Cls *cls;
     int cls_own; /* a number in exponent form: the payload is a class of its own */
     Col cls_exact_col, cls_key_col;
+    SvTemplate svt[SVT_SLOTS];
 } Walk;
 
 static inline void wc_byte(Walk *w, char b) {
@@ -1668,10 +1699,6 @@ static int w_value_number(const char *s, int64_t n, double *out, int *decimals) 
 
 enum { R_ANY, R_TOP, R_PATH, R_MV_ELEM, R_SV_ELEM, R_UOM };
 
-typedef struct {
-    unsigned set; /* bit k: f[k] was read (a field not read is missing) */
-    WScalar f[WK_UOM + 1];
-} WSample; /* scratch for one meterValue / sampledValue */
 
 static inline const WScalar *ws_get(const WSample *s, int k) {
     static const WScalar missing = {0, NULL, 0};
@@ -1684,6 +1711,7 @@ static inline WScalar *ws_put(WSample *s, int k) {
 }
 
 static cp_t w_value(Walk *w, cp_t p, cp_t e, int depth, int role, unsigned paths, int seg, WSample *sv);
+static cp_t w_sv(Walk *w, cp_t p, cp_t e, int depth, WSample *one, int64_t pos);
 
 /* The value of a key in one of the known places, or a generic value. */
 static cp_t w_object(Walk *w, cp_t p, cp_t e, int depth, int role, unsigned paths, int seg, WSample *sv) {
@@ -1815,11 +1843,11 @@ static cp_t w_object(Walk *w, cp_t p, cp_t e, int depth, int role, unsigned path
                     wc_byte(w, ']');
                     p++;
                 } else {
-                    for (;;) {
+                    for (int64_t pos = 0;; pos++) {
                         if (p >= e || *p != '{') return NULL;
                         WSample one;
                         one.set = 0;
-                        p = w_object(w, p, e, depth + 2, R_SV_ELEM, 0, 0, &one);
+                        p = w_sv(w, p, e, depth + 2, &one, pos);
                         if (!p) return NULL;
                         w->nsampled++;
                         const WScalar *val = ws_get(&one, WK_VALUE), *ms = ws_get(&one, WK_MEASURAND);
@@ -1945,6 +1973,108 @@ static cp_t w_value(Walk *w, cp_t p, cp_t e, int depth, int role, unsigned paths
     default:
         return skip_value(p, e, depth);
     }
+}
+
+/* The end of the scalar at p (an escape-free string, a number, true, false or null), NULL for anything else. */
+static cp_t sv_scalar_end(cp_t p, cp_t e) {
+    if (p >= e) return NULL;
+    switch (*p) {
+    case '"': {
+        int esc = 0;
+        cp_t q = quick_string(p, e, &esc);
+        return esc ? NULL : q;
+    }
+    case 't': return literal(p, e, "true", 4);
+    case 'f': return literal(p, e, "false", 5);
+    case 'n': return literal(p, e, "null", 4);
+    default: return (*p == '-' || is_digit(*p)) ? skip_number(p, e) : NULL;
+    }
+}
+
+/* Keep the sampled-value object just read at [p, q) as template t when it qualifies (see SvTemplate).
+ * one: what was read from it; c0: the length of the class text before it. */
+static void sv_store(Walk *w, SvTemplate *t, cp_t p, cp_t q, int depth, const WSample *one, int64_t c0) {
+    t->cfg = NULL;
+    if (q - p <= SVT_HEAD_LEN || memcmp(p, SVT_HEAD, SVT_HEAD_LEN) != 0) return;
+    cp_t v = p + SVT_HEAD_LEN, qv = sv_scalar_end(v, q);
+    if (!qv || q - qv > SVT_MAX) return;
+    /* no "timestamp" or "offline" key (what they give depends on the payload), no exponent (a class of its own) */
+    cp_t open = NULL;
+    for (cp_t r = qv; r < q; r++) {
+        if (*r == '"') {
+            if (!open) {
+                open = r + 1;
+                continue;
+            }
+            int64_t n = r - open;
+            if ((n == 9 && memcmp(open, "timestamp", 9) == 0) || (n == 7 && memcmp(open, "offline", 7) == 0)) return;
+            open = NULL;
+        } else if (!open && (*r == 'e' || *r == 'E') && (is_digit(r[-1]) || r[-1] == '.')) {
+            return;
+        }
+    }
+    WSample s = *one;
+    s.set &= ~(1u << WK_VALUE);
+    int64_t used = 0;
+    for (int k = 0; k <= WK_UOM; k++) {
+        WScalar *f = &s.f[k];
+        if (!((s.set >> k) & 1) || f->type != 2) continue;
+        if (f->s >= (const char *)qv && f->s + f->len <= (const char *)q) {
+            f->s = (const char *)t->tail + (f->s - (const char *)qv);
+        } else if (f->s >= w->numbuf && f->s + f->len <= w->numbuf + sizeof(w->numbuf) &&
+                   used + f->len <= (int64_t)sizeof(t->num)) {
+            memcpy(t->num + used, f->s, (size_t)f->len);
+            f->s = t->num + used;
+            used += f->len;
+        } else {
+            return; /* true or false (a static text) */
+        }
+    }
+    if (w->cls) {
+        /* the value's class text: an enum's id (3 bytes); tag, text and end; or one byte */
+        int64_t vcl;
+        if (*v == '"') vcl = cls_enum(w->cls, v + 1, qv - 1 - (v + 1)) >= 0 ? 3 : (qv - v - 2) + 2;
+        else if (*v == '-' || is_digit(*v)) vcl = (qv - v) + 2;
+        else vcl = 1;
+        int64_t b = c0 + SVT_CLS_HEAD_LEN + vcl, clen = w->cls->len - b;
+        if (clen < 0 || clen > (int64_t)sizeof(t->cls) || memcmp(w->cls->buf + c0, SVT_CLS_HEAD, SVT_CLS_HEAD_LEN) != 0)
+            return;
+        memcpy(t->cls, w->cls->buf + b, (size_t)clen);
+        t->clen = clen;
+    }
+    memcpy(t->tail, qv, (size_t)(q - qv));
+    t->slen = q - qv;
+    t->sample = s;
+    t->depth = depth;
+    t->cfg = w->c;
+}
+
+/* A sampledValue object at p (the pos-th of its array): through the template of its place when its bytes
+ * after the value are the template's, else read in full (and kept as that template). */
+static cp_t w_sv(Walk *w, cp_t p, cp_t e, int depth, WSample *one, int64_t pos) {
+    SvTemplate *t = &w->svt[pos & (SVT_SLOTS - 1)];
+    if (t->cfg == (const void *)w->c && t->depth == depth && e - p > SVT_HEAD_LEN &&
+        memcmp(p, SVT_HEAD, SVT_HEAD_LEN) == 0) {
+        int used = w->numused;
+        cp_t v = p + SVT_HEAD_LEN;
+        WScalar val;
+        cp_t q = w_scalar_decoded(w, v, e, &val);
+        if (q && e - q >= t->slen && memcmp(q, t->tail, (size_t)t->slen) == 0) {
+            *one = t->sample;
+            *ws_put(one, WK_VALUE) = val;
+            if (w->cls) {
+                cls_put(w->cls, SVT_CLS_HEAD, SVT_CLS_HEAD_LEN);
+                wc_scalar(w, v, q);
+                cls_put(w->cls, t->cls, t->clen);
+            }
+            return q + t->slen;
+        }
+        w->numused = used; /* (the full reading prints the value again) */
+    }
+    int64_t c0 = w->cls ? w->cls->len : 0;
+    cp_t q = w_object(w, p, e, depth, R_SV_ELEM, 0, 0, one);
+    if (q) sv_store(w, t, p, q, depth, one, c0);
+    return q;
 }
 
 typedef struct {

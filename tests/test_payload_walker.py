@@ -425,3 +425,56 @@ def test_keeping_only_the_energy_register_changes_no_finding(pure, monkeypatch):
         assert lean.meter_values.height < full.meter_values.height
     stop_only = lean.transactions.filter(pl.col("transaction_id") == "555")
     assert stop_only["connector_id"].to_list() == [2] and stop_only["state"].to_list() == ["no-start"]
+
+
+def test_sampled_values_read_through_templates_read_as_the_reference(monkeypatch):
+    """A fleet repeats its sampled-value objects with only the value changing, and the walker reads a repeat
+    through a template of the one before (its other fields, its class text): whatever the value is (text,
+    number, null, true, a form Polars reads otherwise) and however little the rest differs (one unit letter,
+    a multiplier, a key order, a space), each payload reads as the Polars reference reads it and keys as
+    class_keys keys it. Tails the walker must not template (a timestamp or offline key, an exponent) too."""
+    from ocpptool.analysis import schemas
+    from ocpptool.analysis.derived import _CONFIGS, _KINDS
+    from ocpptool.analysis.walk import class_keys, walk
+
+    tails = [
+        ',"context":"Sample.Periodic","measurand":"Energy.Active.Import.Register","unit":"Wh"}',
+        ',"context":"Sample.Periodic","measurand":"Energy.Active.Export.Register","unit":"Wh"}',  # (same length,
+        ',"context":"Sample.Periodic","measurand":"Energy.Active.Import.Register","unit":"kW"}',  # late changes)
+        ',"context":"Sample.Periodic","measurand":"Energy.Active.Import.Register","unit":"kWh"}',
+        ',"context":"Sample.Periodic","measurand":"Energy.Active.Import.Register","unit":"kWh" }',
+        ',"measurand":"Energy.Active.Import.Register","context":"Sample.Periodic","unit":"Wh"}',
+        ',"measurand":"Power.Active.Import","phase":"L1","unit":"kW"}',
+        ',"measurand":"Energy.Active.Import.Register","unitOfMeasure":{"unit":"kWh","multiplier":3}}',
+        ',"measurand":"Energy.Active.Import.Register","unitOfMeasure":{"unit":"kWh","multiplier":-1}}',
+        ',"measurand":"Energy.Active.Import.Register","unitOfMeasure":{"unit":"Wh","multiplier":"2"}}',
+        ',"unit":"Wh","x":[1,2.50,null,true,{"y":"z"}]}',
+        ',"unit":"Wh","x":1e3}',
+        ',"unit":"Wh","timestamp":"2025-03-01T12:00:00Z"}',
+        ',"unit":"Wh","offline":true}',
+        ',"format":"Raw","unit":"Wh","location":"Outlet"}',
+        ',"format":false,"unit":"Wh"}',
+        "}",
+    ]
+    plain = ['"2596341"', '"12.50"', '"-3"', "7608243", "232.0", "-0.5", "null", '" 5"', '"1E3"', '""', '"Wh"']
+    values = plain * 4 + ["true", "1e3", '"a\\"b"', "[1]", '"0.1000000000000001"']  # (these: mostly not sure)
+    rng = random.Random(7)
+    calls = []
+    for _ in range(400):
+        n = rng.randint(1, 4)
+        samples = ",".join(f'{{"value":{rng.choice(values)}{rng.choice(tails)}' for _ in range(n))
+        if rng.random() < 0.3:  # the same objects in the same places, values only changing
+            samples = ",".join(f'{{"value":{rng.choice(values)}{tails[i]}' for i in range(n))
+        calls.append(("CP1", MV, f'{{"connectorId":1,"transactionId":7,"meterValue":[{{"timestamp":'
+                                 f'"2025-03-01T12:00:00Z","sampledValue":[{samples}]}}]}}'))
+    monkeypatch.setattr(walk_module, "_PIECE", 100)  # (two pieces, each with its own templates)
+    compiled, reference = both_ways(conversation(calls), monkeypatch)
+    assert compiled[1].height > 500
+    assert_same(compiled, reference)
+    s = pl.Series([p for *_, p in calls])
+    kinds = pl.Series([_KINDS[MV]] * len(calls), dtype=pl.UInt8)
+    enums = schemas.enum_values()
+    for energy_only in (False, True):
+        walked = walk(s, _CONFIGS, kinds, energy_only=energy_only, enums=enums)
+        assert walked.sure.sum() > 100
+        assert_frame_equal(walked.keys.filter(walked.sure), class_keys(s, enums).filter(walked.sure))
