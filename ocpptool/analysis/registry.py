@@ -316,24 +316,37 @@ def run(tables: Tables, options: Options | None = None, *, only: list[str] | Non
             from .derived import transaction_event_fields
 
             events = pool.submit(transaction_event_fields(tables.messages.lazy()).collect).result
+        ts = tables.messages["ts"]
+        bare = AnalysisContext(
+            messages=tables.messages.lazy(), connections=tables.connections.lazy(), transactions=None,  # type: ignore[arg-type]
+            meter_values=None, statuses=None, options=options, capture_start=ts.min(), capture_end=ts.max(),  # type: ignore[arg-type]
+            stamps=stamps, cp_complete=cp_complete,
+        )  # fmt: skip
         if early:
-            ts = tables.messages["ts"]
-            bare = AnalysisContext(
-                messages=tables.messages.lazy(), connections=tables.connections.lazy(), transactions=None,  # type: ignore[arg-type]
-                meter_values=None, statuses=None, options=options, capture_start=ts.min(), capture_end=ts.max(),  # type: ignore[arg-type]
-                stamps=stamps, cp_complete=cp_complete,
-            )  # fmt: skip
             pending = pool.submit(pl.collect_all, [conform_findings(d.fn(bare), d) for d in early])
-        if schema:  # its payload classes need no derived table; the detector runs last, once they are done
+        checked = None
+        if schema:  # its payload classes need no derived table
             from .schemas import untemplated_classes
 
-            classes = pool.submit(untemplated_classes, tables.messages.lazy(), None if walks is None else walks.class_keys())
+            if walks is not None:  # every payload classed in C: the whole check needs none, and runs there too
+                walked_keys = walks.class_keys()
+
+                def check() -> pl.DataFrame:
+                    on_bare = replace(bare, schema_classes=untemplated_classes(bare.messages, walked_keys))
+                    return conform_findings(schema[0].fn(on_bare), schema[0]).collect()
+
+                checked = pool.submit(check)
+            else:  # the MeterValues are classed through the derived tables' templates: the detector runs last
+                classes = pool.submit(untemplated_classes, tables.messages.lazy(), None)
         ctx, derived, (transactions, samples, statuses) = _derive(tables, options, timer, events, walks, stamps,
                                                                   energy_only=not meter_values,
                                                                   cp_complete=cp_complete)
         later = [d for d in chosen if d not in early and d not in schema]
         found = dict(zip(later, _collect(_plans(ctx, derived, later, timer), later, timer), strict=True))
-        if schema:
+        if checked is not None:
+            found[schema[0]] = checked.result()
+            timer.step("schema-violation on the second thread (waited for)")
+        elif schema:
             ctx.schema_classes = classes.result()
             found[schema[0]] = conform_findings(schema[0].fn(ctx), schema[0]).collect()
             timer.step("schema-violation (classes from the second thread)")
