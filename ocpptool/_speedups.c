@@ -1248,14 +1248,32 @@ typedef struct {
 static uint64_t hash_bytes(const char *s, int64_t n, uint64_t seed) {
     uint64_t h = seed ^ ((uint64_t)n * 0x9E3779B97F4A7C15ull);
     int64_t i = 0;
+    if (n >= 32) { /* four lanes (independent multiplies), then one */
+        uint64_t a = h, b = h ^ 0x243F6A8885A308D3ull, c = h ^ 0x13198A2E03707344ull, d = h ^ 0xA4093822299F31D0ull;
+        for (; i + 32 <= n; i += 32) {
+            uint64_t v[4];
+            memcpy(v, s + i, 32);
+            a = w_mix(a, v[0]);
+            b = w_mix(b, v[1]);
+            c = w_mix(c, v[2]);
+            d = w_mix(d, v[3]);
+        }
+        h = w_mix(w_mix(w_mix(a, b), c), d);
+    }
     for (; i + 8 <= n; i += 8) {
         uint64_t v;
         memcpy(&v, s + i, 8);
         h = w_mix(h, v);
     }
     uint64_t tail = 0;
-    memcpy(&tail, s + i, (size_t)(n - i));
-    h = w_mix(h, tail ^ ((uint64_t)(n - i) << 56));
+    int64_t r = n - i;
+    if (r && n >= 8) { /* the last 8 bytes, the r not read yet shifted down (no call for a short copy) */
+        memcpy(&tail, s + n - 8, 8);
+        tail >>= 8 * (8 - r);
+    } else if (r) {
+        memcpy(&tail, s + i, (size_t)r);
+    }
+    h = w_mix(h, tail ^ ((uint64_t)r << 56));
     return w_mix(h, (uint64_t)n);
 }
 
@@ -1470,6 +1488,7 @@ typedef struct {
     int anywhere, npaths;
     const char *path[W_MAX_PATHS];
     Py_ssize_t plen[W_MAX_PATHS];
+    Py_ssize_t seg0len[W_MAX_PATHS]; /* the length of the first segment */
     const char *leaf[W_MAX_PATHS]; /* last segment (anywhere) */
     Py_ssize_t leaflen[W_MAX_PATHS];
     uint64_t leafmask; /* bit n: a leaf n bytes long (n < 64), a cheap test before the comparisons */
@@ -1760,20 +1779,27 @@ static cp_t w_object(Walk *w, cp_t p, cp_t e, int depth, int role, unsigned path
         if (role == R_TOP || role == R_PATH) {
             for (int i = 0; i < w->c->npaths; i++) {
                 if (!(paths & (1u << i))) continue;
-                /* segment seg of path i */
+                /* segment seg of path i (the first known already) */
                 const char *s = w->c->path[i];
-                Py_ssize_t n = w->c->plen[i];
-                for (int j = 0; j < seg; j++) {
+                Py_ssize_t n = w->c->plen[i], sl;
+                int more;
+                if (seg == 0) {
+                    sl = w->c->seg0len[i];
+                    more = sl < n;
+                } else {
+                    for (int j = 0; j < seg; j++) {
+                        const char *dot = memchr(s, '.', (size_t)n);
+                        n -= dot + 1 - s;
+                        s = dot + 1;
+                    }
                     const char *dot = memchr(s, '.', (size_t)n);
-                    n -= dot + 1 - s;
-                    s = dot + 1;
+                    sl = dot ? dot - s : n;
+                    more = dot != NULL;
                 }
-                const char *dot = memchr(s, '.', (size_t)n);
-                Py_ssize_t sl = dot ? dot - s : n;
                 if (sl != kl || memcmp(s, ks, (size_t)kl) != 0) continue;
                 if (path_seen & (1u << i)) return NULL;
                 path_seen |= 1u << i;
-                if (dot) next |= 1u << i;
+                if (more) next |= 1u << i;
                 else if (leaf_hit >= 0) return NULL; /* two paths ending at one key */
                 else leaf_hit = i;
             }
@@ -2325,8 +2351,12 @@ static int w_config(WCfg *c, PyObject *t) {
         c->path[i] = PyBytes_AS_STRING(p);
         c->plen[i] = PyBytes_GET_SIZE(p);
         const char *dot = NULL;
-        for (const char *q = c->path[i]; q < c->path[i] + c->plen[i]; q++)
-            if (*q == '.') dot = q;
+        c->seg0len[i] = c->plen[i];
+        for (const char *q = c->path[i]; q < c->path[i] + c->plen[i]; q++) {
+            if (*q != '.') continue;
+            if (!dot) c->seg0len[i] = q - c->path[i];
+            dot = q;
+        }
         c->leaf[i] = dot ? dot + 1 : c->path[i];
         c->leaflen[i] = c->plen[i] - (c->leaf[i] - c->path[i]);
         if (c->leaflen[i] < 64) c->leafmask |= 1ull << c->leaflen[i];
