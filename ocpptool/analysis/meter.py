@@ -75,9 +75,10 @@ def _place_in_run(key: pl.Expr) -> pl.Expr:
 
 
 def pairs(ctx: AnalysisContext) -> pl.LazyFrame:
-    """Consecutive readings of one series, classified: ``unit`` (~1000x apart), ``reset``, ``drop``.
+    """Consecutive readings of one series classified ``unit`` (~1000x apart), ``reset`` or ``drop``: the pairs
+    with one of those flags (all that the detectors read; the others are most of the readings).
 
-    Built once per analysis by :func:`registry.run` (``ctx.meter_pairs``) for the four meter detectors.
+    Built once per analysis by :func:`registry.run` (``ctx.meter_pairs``) for the three detectors of pairs.
     """
     if ctx.meter_pairs is not None:
         return ctx.meter_pairs
@@ -100,7 +101,9 @@ def pairs(ctx: AnalysisContext) -> pl.LazyFrame:
         .with_columns(**{f"p_{c}": e for c, e in prev.items()})
         .drop(*_SERIES_CODES)
         .filter(pl.col("p_idx").is_not_null())
-        .with_columns(unit=unit, reset=reset, drop=drop, delta=pl.col("value") - pl.col("p_value"))
+        .with_columns(unit=unit, reset=reset, drop=drop)
+        .filter(pl.col("unit") | pl.col("reset") | pl.col("drop"))
+        .with_columns(delta=pl.col("value") - pl.col("p_value"))
     )
 
 
