@@ -610,7 +610,10 @@ def _statuses_compiled(calls: pl.DataFrame) -> pl.DataFrame:
     """:func:`_statuses` from the walker's reading of the StatusNotification payloads it is sure of (their
     fields as json_path_match gives them), the reference's expressions for the rest. ``calls``: the walked
     rows with what the walker read (see :func:`_raw_samples_compiled`)."""
-    status = calls.filter(pl.col("_kind") == 3)
+    # (the columns first: ``calls`` is wide, and an eager filter copies every column)
+    status = calls.lazy().filter(pl.col("_kind") == 3).select(
+        "idx", "charge_point_id", "conn", "ts", "action", "payload", "_sure", *_STATUS_PATHS
+    ).collect()
     read = status.filter(pl.col("_sure")).select(
         "idx", "charge_point_id", "conn",
         connector_id=pl.coalesce(_as_int(pl.col("_st_evse")), _as_int(pl.col("_st_connector"))),
@@ -659,14 +662,14 @@ def _raw_samples_compiled(walks: Walks, keep: dict, energy_only: bool = False) -
     # the transaction references (transactions.references) of the payloads the walker read
     from .transactions import references
 
-    refs = calls.filter(pl.col("_sure")).select(
+    refs = calls.lazy().filter(pl.col("_sure")).select(
         "idx", "ts", "charge_point_id", "conn", "action", transaction_id=tid, event_type="_te_event",
         connector_id=pl.when(kind == 0).then(ids).when(kind == 1).then(stop_ids)
         .otherwise(pl.col("_te_evse").cast(pl.Int64, strict=False)),
-    ).filter(pl.col("transaction_id").is_not_null())  # fmt: skip
+    ).filter(pl.col("transaction_id").is_not_null()).collect()  # fmt: skip
     s = w.samples
     assert s is not None
-    sampled = [rows.filter(w.sampled).select(*_SAMPLED)]
+    sampled = [rows.select(*_SAMPLED).filter(w.sampled)]
     if energy_only and not w.energy_only:  # (a sampled value without a measurand is the register)
         s = s.filter(pl.col("measurand").is_null() | (pl.col("measurand") == ENERGY_REGISTER))
     finished = [_finish_samples(rows[s["row"]].hstack(s.select(
@@ -675,11 +678,11 @@ def _raw_samples_compiled(walks: Walks, keep: dict, energy_only: bool = False) -
     )).lazy(), parsed=True).collect()]  # fmt: skip
 
     # the payloads the walker left: the Polars reference
-    te_fields = calls.filter(kind == 2).select("idx", *_TE_WALKED, _te_mv=pl.lit(None, pl.String))
-    mv_ids = rows.filter(kind == 0).select(
+    te_fields = calls.lazy().filter(kind == 2).select("idx", *_TE_WALKED, _te_mv=pl.lit(None, pl.String)).collect()
+    mv_ids = rows.lazy().filter(kind == 0).select(
         "idx", "connector_id", "transaction_id", "charge_point_id", "_sure", events_id="transaction_id"
-    )
-    left = calls.filter(~pl.col("_sure"))
+    ).collect()
+    left = calls.lazy().filter(~pl.col("_sure")).select(*cols, "_kind", "action", "payload").collect()
     if left.height:
         mv_left = left.filter(kind == 0)
         if mv_left.height:
