@@ -194,6 +194,18 @@ def test_interleaved_chargers_are_each_judged_against_their_own_clock():
     assert findings(t, "clock-jump").is_empty()
 
 
+def test_a_log_whose_lines_are_out_of_time_order_is_judged_in_time_order():
+    """The clock detectors walk each charger's messages in observed-time order, also when the lines of a log
+    are not in that order (a line written late): here the message seen at 12:10, after the one seen at 12:20,
+    carries a clock 10 minutes ahead. In time order that clock jumps forward, then back; in line order it
+    would jump only once."""
+    t = frames(up(0, status("a", 0)), up(1200, status("b", 1200)), up(600, status("c", 1200)))
+    assert not t.messages["ts"].is_sorted()
+    jumps = findings(t, "clock-jump").sort("value")
+    assert jumps["value"].to_list() == [-600.0, 600.0]
+    assert jumps["evidence"].to_list() == [[2, 1], [0, 2]]
+
+
 # --------------------------------------------------------------------------- clock-jump
 
 
