@@ -182,19 +182,21 @@ def boot_loop(ctx: AnalysisContext) -> pl.LazyFrame:
 )
 def reconnect_storm(ctx: AnalysisContext) -> pl.LazyFrame:
     o = ctx.options
-    firsts = ctx.messages.group_by("conn").agg(ev=pl.col("idx").min())
-    conns = (
-        ctx.connections.filter(pl.col("charge_point_id").is_not_null(), pl.col("duplicate_of").is_null())
-        .join(firsts, on="conn", how="left")
-        .select(
-            "charge_point_id",
-            "conn",
-            "ev",
-            ts=pl.coalesce("opened", "first_ts"),
-            t=pl.coalesce("opened", "first_ts"),
-        )
-    )
+    conns = ctx.connections.filter(pl.col("charge_point_id").is_not_null(), pl.col("duplicate_of").is_null())
     many = conns.group_by("charge_point_id").agg(n_conns=pl.len()).filter(pl.col("n_conns") > 1)
+    # the first message of each connection of those charge points only (one connection each is the usual case)
+    firsts = (
+        ctx.messages.join(conns.join(many, on="charge_point_id", how="semi").select("conn"), on="conn", how="semi")
+        .group_by("conn")
+        .agg(ev=pl.col("idx").min())
+    )
+    conns = conns.join(firsts, on="conn", how="left").select(
+        "charge_point_id",
+        "conn",
+        "ev",
+        ts=pl.coalesce("opened", "first_ts"),
+        t=pl.coalesce("opened", "first_ts"),
+    )
     events = pl.concat(
         [
             conns.join(many, on="charge_point_id", how="semi").select(
