@@ -539,13 +539,17 @@ def charging_without_transaction(ctx: AnalysisContext) -> pl.LazyFrame:
         ctx.transactions,
     ).with_columns(outside=pl.col("open_tid").is_null() & pl.col("transaction_id").is_null())
     group = ["charge_point_id", "connector_id", "location"]
+    # one window (the previous reading's position in its group), its columns gathered by it
+    back = pl.col("_pos").shift(1).over(group)
     grown = (
         register.sort("idx")
+        .with_row_index("_pos")
+        .with_columns(_p=back)
         .with_columns(
-            prev=pl.col("value").shift(1).over(group),
-            prev_outside=pl.col("outside").shift(1).over(group),
-            prev_idx=pl.col("idx").shift(1).over(group),
-            prev_res=pl.col("resolution").shift(1).over(group),
+            prev=pl.col("value").gather("_p"),
+            prev_outside=pl.col("outside").gather("_p"),
+            prev_idx=pl.col("idx").gather("_p"),
+            prev_res=pl.col("resolution").gather("_p"),
         )
         .filter(
             pl.col("outside") & pl.col("prev_outside")
