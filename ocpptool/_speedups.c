@@ -1465,6 +1465,7 @@ typedef struct {
  * where it stands: no "timestamp" or "offline" key, no number in exponent form, its fields strings, nulls or
  * numbers (see sv_store). */
 #define SVT_SLOTS 8 /* by position in the sampledValue array (modulo) */
+#define SVT_WAYS 4  /* templates kept per position (chargers of several makes interleave) */
 #define SVT_MAX 256 /* the longest object tail kept */
 #define SVT_HEAD "{\"value\":"
 #define SVT_HEAD_LEN 9
@@ -1518,7 +1519,8 @@ typedef struct {
     Cls *cls;
     int cls_own; /* a number in exponent form: the payload is a class of its own */
     Col cls_exact_col, cls_key_col;
-    SvTemplate svt[SVT_SLOTS];
+    SvTemplate svt[SVT_SLOTS][SVT_WAYS];
+    unsigned svt_next[SVT_SLOTS]; /* the way a new template of that position replaces (round robin) */
 } Walk;
 
 static inline void wc_byte(Walk *w, char b) {
@@ -2075,17 +2077,20 @@ static void sv_store(Walk *w, SvTemplate *t, cp_t p, cp_t q, int depth, const WS
     t->cfg = w->c;
 }
 
-/* A sampledValue object at p (the pos-th of its array): through the template of its place when its bytes
- * after the value are the template's, else read in full (and kept as that template). */
+/* A sampledValue object at p (the pos-th of its array): through a template of its place when its bytes after
+ * the value are the template's, else read in full (and kept as a template of that place). */
 static cp_t w_sv(Walk *w, cp_t p, cp_t e, int depth, WSample *one, int64_t pos) {
-    SvTemplate *t = &w->svt[pos & (SVT_SLOTS - 1)];
-    if (t->cfg == (const void *)w->c && t->depth == depth && e - p > SVT_HEAD_LEN &&
-        memcmp(p, SVT_HEAD, SVT_HEAD_LEN) == 0) {
+    int slot = (int)(pos & (SVT_SLOTS - 1));
+    if (e - p > SVT_HEAD_LEN && memcmp(p, SVT_HEAD, SVT_HEAD_LEN) == 0) {
         int used = w->numused;
         cp_t v = p + SVT_HEAD_LEN;
         WScalar val;
         cp_t q = w_scalar_decoded(w, v, e, &val);
-        if (q && e - q >= t->slen && memcmp(q, t->tail, (size_t)t->slen) == 0) {
+        for (int k = 0; q && k < SVT_WAYS; k++) {
+            const SvTemplate *t = &w->svt[slot][k];
+            if (t->cfg != (const void *)w->c || t->depth != depth || e - q < t->slen ||
+                memcmp(q, t->tail, (size_t)t->slen) != 0)
+                continue;
             *one = t->sample;
             *ws_put(one, WK_VALUE) = val;
             if (w->cls) {
@@ -2099,7 +2104,7 @@ static cp_t w_sv(Walk *w, cp_t p, cp_t e, int depth, WSample *one, int64_t pos) 
     }
     int64_t c0 = w->cls ? w->cls->len : 0;
     cp_t q = w_object(w, p, e, depth, R_SV_ELEM, 0, 0, one);
-    if (q) sv_store(w, t, p, q, depth, one, c0);
+    if (q) sv_store(w, &w->svt[slot][w->svt_next[slot]++ % SVT_WAYS], p, q, depth, one, c0);
     return q;
 }
 
