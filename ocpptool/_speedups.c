@@ -1472,16 +1472,6 @@ typedef struct {
 #define SVT_CLS_HEAD "{Kvalue" /* the class text of the head, with its zero: 8 bytes */
 #define SVT_CLS_HEAD_LEN 8
 
-typedef struct {
-    const void *cfg; /* the configuration it was read with; NULL: empty */
-    int depth;
-    int64_t slen, clen;
-    unsigned char tail[SVT_MAX]; /* the object's bytes after its value, to its closing brace */
-    char cls[3 * SVT_MAX + 16];  /* the class text of the tail */
-    char num[64];                /* the printed numbers among its fields */
-    WSample sample;              /* its fields but the value (strings point into tail or num) */
-} SvTemplate;
-
 /* How one kind of payload is read (a row's kind picks its configuration). */
 typedef struct {
     const char *mkey;
@@ -1494,6 +1484,16 @@ typedef struct {
     Py_ssize_t leaflen[W_MAX_PATHS];
     uint64_t leafmask; /* bit n: a leaf n bytes long (n < 64), a cheap test before the comparisons */
 } WCfg;
+
+typedef struct {
+    const WCfg *cfg; /* the configuration it was read with; NULL: empty */
+    int depth;
+    int64_t slen, clen;
+    unsigned char tail[SVT_MAX]; /* the object's bytes after its value, to its closing brace */
+    char cls[3 * SVT_MAX + 16];  /* the class text of the tail */
+    char num[64];                /* the printed numbers among its fields */
+    WSample sample;              /* its fields but the value (strings point into tail or num) */
+} SvTemplate;
 
 typedef struct {
     WCfg cfg[W_MAX_CFG];
@@ -1719,7 +1719,6 @@ static int w_value_number(const char *s, int64_t n, double *out, int *decimals) 
 }
 
 enum { R_ANY, R_TOP, R_PATH, R_MV_ELEM, R_SV_ELEM, R_UOM };
-
 
 static inline const WScalar *ws_get(const WSample *s, int k) {
     static const WScalar missing = {0, NULL, 0};
@@ -2088,7 +2087,7 @@ static cp_t w_sv(Walk *w, cp_t p, cp_t e, int depth, WSample *one, int64_t pos) 
         cp_t q = w_scalar_decoded(w, v, e, &val);
         for (int k = 0; q && k < SVT_WAYS; k++) {
             const SvTemplate *t = &w->svt[slot][k];
-            if (t->cfg != (const void *)w->c || t->depth != depth || e - q < t->slen ||
+            if (t->cfg != w->c || t->depth != depth || e - q < t->slen ||
                 memcmp(q, t->tail, (size_t)t->slen) != 0)
                 continue;
             *one = t->sample;

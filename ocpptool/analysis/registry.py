@@ -93,7 +93,6 @@ class AnalysisContext:
     transaction_events: pl.DataFrame | None = None  # derived.transaction_event_fields, read once
     schema_classes: tuple | None = None  # schemas.untemplated_classes, computed on the second thread
     stamps: pl.LazyFrame | None = None  # the time detectors' stamped rows, from the compiled walker (derived.Walks)
-    stamps_in_time_order: bool = False  # ``stamps`` (in idx order) is in ``ts`` order too
     # the messages with meter samples, one row each (derived.Derived.sample_messages; None: read meter_values)
     sample_messages: pl.LazyFrame | None = None
     # every message and connection names its charge point: keying (derived.keyed) is the identity
@@ -189,9 +188,8 @@ class _Timer:
 _USES_REFERENCES = {"unknown-transaction", "duplicate-transaction", "invalid-transaction-id", "event-after-end"}
 
 
-def _derive(tables: Tables, options: Options, timer: _Timer, events=None, walks=None, stamps=None,
-            energy_only: bool = False, cp_complete: bool = False, in_time_order: bool = False,
-            ) -> tuple[AnalysisContext, object, tuple]:
+def _derive(tables: Tables, options: Options, timer: _Timer, events=None, walks=None,
+            stamps=None, energy_only: bool = False, cp_complete: bool = False) -> tuple[AnalysisContext, object, tuple]:
     """The derived tables, materialised once (every detector reads them; re-deriving them per detector, a lazy
     plan per consumer, would parse the payloads many times over), on a context."""
     from .derived import derive
@@ -217,7 +215,6 @@ def _derive(tables: Tables, options: Options, timer: _Timer, events=None, walks=
         meter_templates=derived.meter_templates,
         transaction_events=derived.transaction_events,
         stamps=stamps,
-        stamps_in_time_order=in_time_order,
         sample_messages=sampled.lazy(),
         cp_complete=cp_complete,
     )
@@ -299,7 +296,6 @@ def run(tables: Tables, options: Options | None = None, *, only: list[str] | Non
     cp_complete = names_every_charge_point(tables.messages, tables.connections)
     schema = [d for d in chosen if d.code == "schema-violation" and not timer.per_detector]
     walks = stamps = None
-    in_time_order = False
     with ThreadPoolExecutor(max_workers=1) as pool:
         if available():  # the payloads read once, in C: derived tables, time detectors, schema classes
             from .derived import keyed, walk_calls
@@ -312,7 +308,6 @@ def run(tables: Tables, options: Options | None = None, *, only: list[str] | Non
             walks = walk_calls(keyed(tables.messages.lazy(), cp_complete), energy_only=not meter_values,
                                cp_complete=cp_complete, enums=enums)
             stamps = walks.stamps()
-            in_time_order = stamps.collect()["ts"].is_sorted()  # (materialised already)
             timer.step("payloads walked")
         pending = events = None
 
@@ -325,7 +320,7 @@ def run(tables: Tables, options: Options | None = None, *, only: list[str] | Non
         bare = AnalysisContext(
             messages=tables.messages.lazy(), connections=tables.connections.lazy(), transactions=None,  # type: ignore[arg-type]
             meter_values=None, statuses=None, options=options, capture_start=ts.min(), capture_end=ts.max(),  # type: ignore[arg-type]
-            stamps=stamps, stamps_in_time_order=in_time_order, cp_complete=cp_complete,
+            stamps=stamps, cp_complete=cp_complete,
         )  # fmt: skip
         if early:
             pending = pool.submit(pl.collect_all, [conform_findings(d.fn(bare), d) for d in early])
@@ -345,7 +340,7 @@ def run(tables: Tables, options: Options | None = None, *, only: list[str] | Non
                 classes = pool.submit(untemplated_classes, tables.messages.lazy(), None)
         ctx, derived, (transactions, samples, statuses) = _derive(tables, options, timer, events, walks, stamps,
                                                                   energy_only=not meter_values,
-                                                                  cp_complete=cp_complete, in_time_order=in_time_order)
+                                                                  cp_complete=cp_complete)
         later = [d for d in chosen if d not in early and d not in schema]
         found = dict(zip(later, _collect(_plans(ctx, derived, later, timer), later, timer), strict=True))
         if checked is not None:
