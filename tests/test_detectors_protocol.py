@@ -222,6 +222,29 @@ def flagged(tables) -> dict[int, int]:
     return dict(f.group_by("evidence").len().iter_rows())
 
 
+def test_rows_coded_by_number_check_the_schemas_named_by_text():
+    """The compiled check codes each row's schema as a number (action, version, kind) instead of building its
+    name per row: every version, message type and action, known or not, picks the same schema (or none)."""
+    files = schemas._schema_files()
+    actions = sorted({n for _, n in files} | {n.removesuffix("Request") for _, n in files} | {"NoSuchAction"})
+    rows = [
+        (version, mtype, action)
+        for version in [*schemas.VERSION_DIRS, "9.9", None]
+        for mtype in ("CALL", "CALLRESULT", "CALLERROR")
+        for action in [*actions, None]
+    ]
+    m = pl.DataFrame(rows, schema=["ocpp_version", "message_type", "action"], orient="row").with_row_index("idx")
+    m = m.with_columns(idx=pl.col("idx").cast(pl.Int64), payload=pl.lit("{}"), note=pl.lit(None, pl.String),
+                       ts=pl.lit(None, pl.Datetime("us", "UTC")), conn=pl.lit("c"), charge_point_id=pl.lit("cp"))
+    by_name = schemas._rows(m.lazy(), exact=False).select("idx", "ocpp_version", "action", "kind", "dir", "schema")
+    by_code = schemas._coded_rows(m.lazy()).join(schemas._checked_schemas()[2].lazy(), on="sid").select(by_name.collect_schema().names())
+    want = by_name.collect()
+    assert want.height > 500 and {"v16", "v201", "v21"} <= set(want["dir"])
+    assert want.filter(pl.col("action") == "BootNotificationResponse", pl.col("kind") == "request")["schema"].to_list() == [
+        "BootNotificationResponse"]
+    assert_frame_equal(by_code.collect().sort("idx"), want)
+
+
 def test_blurring_digits_never_hides_a_violation():
     """Payloads that differ only in digits (L1 vs L4, 1 vs 1.5, short vs long numbers) get exact verdicts."""
     variants = [sampled("L1"), sampled("L2-N", "99999"), sampled("L4"), sampled("L9"), sampled("L3", "1"),
