@@ -17,8 +17,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
+import sysconfig
 import tempfile
 from pathlib import Path
 
@@ -109,6 +111,18 @@ def compare(path: str, extra: list[str], ref_tree: str) -> list[str]:
     return problems
 
 
+def build_extension(tree: str) -> None:
+    """The reference's own C extension, compiled into its tree (as setuptools does: the interpreter's compiler,
+    -O2). Without it, the editable install's finder would hand the reference this tree's extension, whose
+    output may have changed with this tree's Python."""
+    src = os.path.join(tree, "ocpptool", "_speedups.c")
+    if os.path.exists(src):
+        out = os.path.join(tree, "ocpptool", "_speedups" + sysconfig.get_config_var("EXT_SUFFIX"))
+        cc = shlex.split(sysconfig.get_config_var("CC") or "cc")
+        subprocess.run([*cc, "-O2", "-shared", "-fPIC", "-I" + sysconfig.get_paths()["include"], src, "-o", out],
+                       check=True)  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--ref", default="main", help="commit to compare against (default main)")
@@ -119,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as ref_tree:
         archive = subprocess.run(["git", "archive", a.ref, "ocpptool"], cwd=ROOT, capture_output=True, check=True)
         subprocess.run(["tar", "-x", "-C", ref_tree], input=archive.stdout, check=True)
+        build_extension(ref_tree)
         failed = 0
         for path, extra in todo:
             problems = compare(path, extra, ref_tree)

@@ -1409,10 +1409,11 @@ static inline uint64_t cls_exact(cp_t s, int64_t n) { return hash_bytes((const c
  *   - sure: 1 when this code fully understood the payload (2: and it holds sampled values), else 0: the
  *     caller reads that payload with the Polars reference (json_path_match, json_decode behind a textual
  *     shape guard). Like the splitter, this code only has to be right when it says sure;
- *   - the text of each path ("a" or "a.b"), as json_path_match gives it for what is read here: an
- *     escape-free string, a plain integer, null or missing (anything else: not sure). anywhere=1 reads
- *     single keys as a regex's first match in the whole text would (the key may then occur only once, at
- *     the top level);
+ *   - the text of each path ("a" or "a.b") of its kind's configuration, as json_path_match gives it for what
+ *     is read here: an escape-free string, a plain integer, null or missing (anything else: not sure).
+ *     anywhere=1 reads single keys as a regex's first match in the whole text would (the key may then occur
+ *     only once, at the top level). A configuration's columns hold a row for each payload of its kind only
+ *     (in order), not one for every payload: null rows of the other kinds would be most of their memory;
  *   - with meter_key (MeterValues "meterValue", StopTransaction "transactionData", TransactionEvent
  *     "meterValue"): every sampledValue under the top-level array of that name, as json_decode into the
  *     meter-value struct gives it (numbers as Polars prints them, true/false as text), with the meterValue's
@@ -2136,15 +2137,6 @@ static void col_back(Col *c, const ColMark *m) {
 }
 
 /* The rows' fields of the configurations other than the current one: null. */
-static int w_other_fields(Walk *w) {
-    for (int k = 0; k < w->ncfg; k++) {
-        if (&w->cfg[k] == w->c) continue;
-        for (int i = 0; i < w->cfg[k].npaths; i++)
-            if (!col_null(&w->fields[k][i])) return 0;
-    }
-    return 1;
-}
-
 /* The row of a payload the walker leaves (not sure, or null): its fields, time and flag null. */
 static int w_unsure(Walk *w) {
     Col *fields = w->fields[w->c - w->cfg];
@@ -2305,7 +2297,6 @@ static int w_column(Walk *w, const Strings *t, const uint8_t *kinds) {
             w->c = &w->cfg[kinds ? kinds[w->row] : 0];
             cp_t s;
             int64_t len;
-            if (!w_other_fields(w)) return 0;
             if (string_at(t, a, i, &s, &len) ? w_payload(w, s, len) < 0 : !w_unsure(w)) return 0;
             w->row++;
         }
@@ -2427,8 +2418,11 @@ static PyObject *walk_payloads(PyObject *self, PyObject *args) {
     int ok = col_init(&w->sure, K_I8, rows, 0) && col_init(&w->stamp_text, K_VIEW, rows, rows * 24) &&
              col_init(&w->stamp_us, K_I64, rows, 0) && col_init(&w->offline_col, K_I8, rows, 0);
     if (ok && w->cls) ok = col_init(&w->cls_exact_col, K_I64, rows, 0) && col_init(&w->cls_key_col, K_I64, rows, 0);
+    int64_t of_kind[W_MAX_CFG] = {0}; /* a configuration's field columns: a row per payload of its kind */
+    for (int64_t i = 0; i < rows; i++) of_kind[have_kinds ? ((const uint8_t *)kinds.buf)[i] : 0]++;
     for (int k = 0; k < w->ncfg; k++)
-        for (int i = 0; i < w->cfg[k].npaths && ok; i++) ok = col_init(&w->fields[k][i], K_VIEW, rows, rows * 8);
+        for (int i = 0; i < w->cfg[k].npaths && ok; i++)
+            ok = col_init(&w->fields[k][i], K_VIEW, of_kind[k], of_kind[k] * 8);
     int64_t srows = meters ? rows * 4 : 16;
     for (int i = 0; i < N_SCOLS && ok; i++)
         ok = col_init(&w->scol[i], i == S_ROW || i == S_TS ? K_I64 : i == S_NUM ? K_F64 : i == S_DEC ? K_I8 : K_VIEW,

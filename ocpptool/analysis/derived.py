@@ -606,14 +606,10 @@ def walk_calls(messages: pl.LazyFrame, energy_only: bool = False, cp_complete: b
         return Walks(calls, other, w, w_other.result(), cp_complete)
 
 
-def _statuses_compiled(calls: pl.DataFrame) -> pl.DataFrame:
+def _statuses_compiled(status: pl.DataFrame) -> pl.DataFrame:
     """:func:`_statuses` from the walker's reading of the StatusNotification payloads it is sure of (their
-    fields as json_path_match gives them), the reference's expressions for the rest. ``calls``: the walked
-    rows with what the walker read (see :func:`_raw_samples_compiled`)."""
-    # (the columns first: ``calls`` is wide, and an eager filter copies every column)
-    status = calls.lazy().filter(pl.col("_kind") == 3).select(
-        "idx", "charge_point_id", "conn", "ts", "action", "payload", "_sure", *_STATUS_PATHS
-    ).collect()
+    fields as json_path_match gives them), the reference's expressions for the rest. ``status``: the walked
+    StatusNotification rows with what the walker read (see :func:`_raw_samples_compiled`)."""
     read = status.filter(pl.col("_sure")).select(
         "idx", "charge_point_id", "conn",
         connector_id=pl.coalesce(_as_int(pl.col("_st_evse")), _as_int(pl.col("_st_connector"))),
@@ -641,32 +637,49 @@ def _sampled_messages(samples: pl.DataFrame) -> pl.DataFrame:
     return samples.select(*_SAMPLED).unique("idx", keep="first", maintain_order=True)
 
 
+def _on_calls(n: int, parts: list[pl.DataFrame]) -> pl.DataFrame:
+    """Columns read per kind (each part: ``_row``, a walked call's position, and the same columns) on all ``n``
+    walked calls, in order: null on the calls of the other kinds."""
+    both = pl.concat(parts)
+    at = both["_row"]
+    return pl.DataFrame([
+        pl.Series(c.name, dtype=c.dtype).extend_constant(None, n).scatter(at, c) for c in both.drop("_row").iter_columns()
+    ])  # fmt: skip
+
+
 def _raw_samples_compiled(walks: Walks, keep: dict, energy_only: bool = False) -> pl.DataFrame:
     """:func:`_raw_samples` from the compiled walker's reading of the payloads it is sure of, and the Polars
     expressions for the rest: the same rows, collected. Also keeps ``meter_ids``, ``events`` (the
     TransactionEvent fields) and ``sampled`` (:func:`_sampled_messages`, of every sample) in ``keep``.
     ``energy_only``: only the samples of the energy register (see :func:`derive`)."""
     w = walks.w
-    calls = walks.calls.hstack([c for f in w.fields for c in f]).with_columns(_sure=w.sure)
-    keep["statuses"] = _statuses_compiled(calls)
+    calls = walks.calls.with_columns(_sure=w.sure)
     kind = pl.col("_kind")
-    tid = pl.coalesce("_tid", "_stop_tid", "_te_tid")
+    # each kind's rows with what the walker read from them (its configuration's fields: a row per payload of it)
+    of_kind = [calls.filter(kind == k).hstack(f) for k, f in enumerate(w.fields)]
+    keep["statuses"] = _statuses_compiled(of_kind[3])
     cols = ("_row", "idx", "charge_point_id", "conn", "ts")
     # per-message columns, gathered onto their samples
     ids = pl.coalesce(*(pl.col(c).cast(pl.Int64, strict=False) for c in ("_c1", "_c2")))
     stop_ids = pl.coalesce(*(pl.col(c).cast(pl.Int64, strict=False) for c in ("_stop_c1", "_stop_c2")))
-    rows = calls.select(
-        *cols, "_kind", "_sure", source_action="action", transaction_id=tid,
-        connector_id=pl.when(kind == 0).then(ids).when(kind == 2).then(_as_int(pl.col("_te_evse"))),
-    )  # fmt: skip
+    none, no_id = pl.lit(None, pl.String), pl.lit(None, pl.Int64)
+    # the transaction id, connector (and the transaction references' connector and event type) of each call
+    per_call = _on_calls(calls.height, [
+        of_kind[0].select("_row", transaction_id="_tid", connector_id=ids, _ref_connector=ids, event_type=none),
+        of_kind[1].select("_row", transaction_id="_stop_tid", connector_id=no_id, _ref_connector=stop_ids,
+                          event_type=none),
+        of_kind[2].select("_row", transaction_id="_te_tid", connector_id=_as_int(pl.col("_te_evse")),
+                          _ref_connector=pl.col("_te_evse").cast(pl.Int64, strict=False), event_type="_te_event"),
+    ])  # fmt: skip
+    rows = calls.select(*cols, "_kind", "_sure", source_action="action").hstack(per_call)
     # the transaction references (transactions.references) of the payloads the walker read
     from .transactions import references
 
-    refs = calls.lazy().filter(pl.col("_sure")).select(
-        "idx", "ts", "charge_point_id", "conn", "action", transaction_id=tid, event_type="_te_event",
-        connector_id=pl.when(kind == 0).then(ids).when(kind == 1).then(stop_ids)
-        .otherwise(pl.col("_te_evse").cast(pl.Int64, strict=False)),
-    ).filter(pl.col("transaction_id").is_not_null()).collect()  # fmt: skip
+    refs = rows.lazy().filter(pl.col("_sure"), pl.col("transaction_id").is_not_null()).select(
+        "idx", "ts", "charge_point_id", "conn", action="source_action", transaction_id="transaction_id",
+        event_type="event_type", connector_id="_ref_connector",
+    ).collect()  # fmt: skip
+    rows = rows.drop("_ref_connector", "event_type")
     s = w.samples
     assert s is not None
     sampled = [rows.select(*_SAMPLED).filter(w.sampled)]
@@ -678,10 +691,11 @@ def _raw_samples_compiled(walks: Walks, keep: dict, energy_only: bool = False) -
     )).lazy(), parsed=True).collect()]  # fmt: skip
 
     # the payloads the walker left: the Polars reference
-    te_fields = calls.lazy().filter(kind == 2).select("idx", *_TE_WALKED, _te_mv=pl.lit(None, pl.String)).collect()
-    mv_ids = rows.lazy().filter(kind == 0).select(
-        "idx", "connector_id", "transaction_id", "charge_point_id", "_sure", events_id="transaction_id"
-    ).collect()
+    te_fields = of_kind[2].select("idx", *_TE_WALKED, _te_mv=none)
+    mv_ids = of_kind[0].select(
+        "idx", connector_id=ids, transaction_id="_tid", charge_point_id="charge_point_id", _sure="_sure",
+        events_id="_tid",
+    )  # fmt: skip
     left = calls.lazy().filter(~pl.col("_sure")).select(*cols, "_kind", "action", "payload").collect()
     if left.height:
         mv_left = left.filter(kind == 0)

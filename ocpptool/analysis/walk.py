@@ -54,7 +54,8 @@ class Walked:
 
     sure: pl.Series  # Boolean, one per payload
     sampled: pl.Series  # Boolean, one per payload: sure, and it holds sampled values (of any measurand)
-    fields: list[pl.DataFrame]  # per configuration, one String column per path (null where not sure or another kind)
+    # per configuration, one String column per path, a row per payload of its kind (in order; null where not sure)
+    fields: list[pl.DataFrame]
     # one row per sampledValue of the sure payloads, in order: ``row``, ``sample_ts`` and the sampled value's
     # fields as json_decode reads them (``unit``: unit, else unitOfMeasure.unit; ``multiplier``: its text),
     # ``number`` and ``decimals`` (the value read as a number, its fraction digits as written)
