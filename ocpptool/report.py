@@ -24,6 +24,11 @@ def _iso(ts: datetime | None) -> str | None:
     return ts.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
+def _iso_column(name: str) -> pl.Expr:
+    """:func:`_iso` of a whole column, in Polars (per value in Python: ~5 us, most of a report's JSON time)."""
+    return pl.col(name).dt.strftime("%Y-%m-%dT%H:%M:%S%.3fZ")
+
+
 def _short(ts: datetime | None) -> str:
     return ts.strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
 
@@ -71,20 +76,20 @@ def _evidence(a: Analysis) -> dict[int, dict]:
     return {
         r["idx"]: {
             "idx": r["idx"],
-            "ts": _iso(r["ts"]),
+            "ts": r["ts"],
             "message_id": r["message_id"],
             "message_type": r["message_type"],
             "action": r["action"],
             "at": f"{r['source']}:{r['source_pos']}",
         }
-        for r in rows.iter_rows(named=True)
+        for r in rows.with_columns(ts=_iso_column("ts")).iter_rows(named=True)
     }
 
 
 def findings_json(a: Analysis) -> list[dict]:
     ev = _evidence(a)
     out = []
-    for r in a.findings.iter_rows(named=True):
+    for r in a.findings.with_columns(ts=_iso_column("ts")).iter_rows(named=True):
         idxs = r["evidence"] or []
         out.append(
             {
@@ -94,7 +99,7 @@ def findings_json(a: Analysis) -> list[dict]:
                 "charge_point_id": r["charge_point_id"],
                 "connector_id": r["connector_id"],
                 "transaction_id": r["transaction_id"],
-                "ts": _iso(r["ts"]),
+                "ts": r["ts"],
                 "summary": r["summary"],
                 "value": r["value"],
                 "evidence": [ev[i] for i in idxs[:EVIDENCE_CAP] if i in ev],
@@ -107,11 +112,7 @@ def findings_json(a: Analysis) -> list[dict]:
 def transactions_json(a: Analysis) -> list[dict]:
     cols = ["charge_point_id", "transaction_id", "connector_id", "id_tag", "start_ts", "stop_ts",
             "meter_start_wh", "meter_stop_wh", "energy_wh", "state", "stop_reason", "ocpp_version"]
-    out = []
-    for r in a.transactions.select(cols).iter_rows(named=True):
-        r["start_ts"], r["stop_ts"] = _iso(r["start_ts"]), _iso(r["stop_ts"])
-        out.append(r)
-    return out
+    return a.transactions.select(cols).with_columns(start_ts=_iso_column("start_ts"), stop_ts=_iso_column("stop_ts")).to_dicts()
 
 
 def to_json(a: Analysis) -> bytes:

@@ -131,3 +131,21 @@ def test_a_connection_reset_mid_transaction_is_an_orphaned_transaction_in_the_ca
     """A charger whose TCP connection is aborted mid-transaction leaves an orphaned transaction."""
     a = run(load([str(CAPTURES / "ws_reset.pcapng")], progress=False)[0])
     assert "orphaned-transaction" in set(a.findings.filter(pl.col("severity") == "error")["code"])
+
+
+def test_json_times_are_utc_iso_with_milliseconds_as_the_tables_hold_them():
+    """Every time in the JSON report is the table's time written as ISO 8601 UTC, cut (not rounded) to
+    milliseconds: the findings', their evidence's and the transactions' alike."""
+    from ocpptool.report import _iso, to_json
+
+    analysis = run(load([str(DEMO)], progress=False)[0])
+    doc = json.loads(to_json(analysis))
+    sub_ms = analysis.tables.messages.filter(pl.col("ts").dt.microsecond() % 1000 != 0)
+    assert sub_ms.height > 100  # (the capture's times have microseconds: the cut is tested)
+    assert [f["ts"] for f in doc["findings"]] == [_iso(t) for t in analysis.findings["ts"]]
+    for column in ("start_ts", "stop_ts"):
+        assert [t[column] for t in doc["transactions"]] == [_iso(t) for t in analysis.transactions[column]]
+    by_idx = dict(analysis.tables.messages.select("idx", "ts").iter_rows())
+    shown = [(e["idx"], e["ts"]) for f in doc["findings"] for e in f["evidence"]]
+    assert len(shown) > 20 and all(ts == _iso(by_idx[i]) for i, ts in shown)
+    assert all(ts is None or ts.endswith("Z") and len(ts) == 24 for _, ts in shown)
