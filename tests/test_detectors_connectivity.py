@@ -71,6 +71,18 @@ def test_without_a_boot_the_default_interval_applies():
     assert "assumed" in f["summary"][0]
 
 
+def test_each_charger_is_judged_by_its_own_interval():
+    """Chargers told different intervals in one capture: 100 s of silence is a gap at 30 s (limit 90 s) but
+    1000 s is none at 600 s (limit 1800 s); a charger with no boot seen gets the default (300 s, limit 900 s)."""
+    t = frames(
+        *boot("a", 0, 30, "CP-1"), *beat("a1", 30, "CP-1"), *beat("a2", 130.1, "CP-1"),
+        *boot("b", 1, 600, "CP-2"), *beat("b1", 600, "CP-2"), *beat("b2", 1600.1, "CP-2"),
+        *beat("c1", 2, "CP-3"), *beat("c2", 1002.1, "CP-3"),
+    )  # fmt: skip
+    f = findings(t, "heartbeat-gap").sort("charge_point_id")
+    assert f.select("charge_point_id", "value").rows() == [("CP-1", 100.0), ("CP-3", 1000.0)]
+
+
 def test_the_capture_edges_are_not_gaps():
     """Before the first and after the last message nothing is known: no finding for a short capture."""
     assert findings(frames(*beat("a", 0)), "heartbeat-gap").is_empty()
