@@ -655,12 +655,19 @@ def _raw_samples_compiled(walks: Walks, keep: dict, energy_only: bool = False) -
     w = walks.w
     calls = walks.calls.with_columns(_sure=w.sure)
     kind = pl.col("_kind")
-    # each kind's rows with what the walker read from them (its configuration's fields: a row per payload of it)
-    of_kind = [calls.filter(kind == k).hstack(f) for k, f in enumerate(w.fields)]
+    # each kind's rows with what the walker read from them (its configuration's fields: a row per payload of it),
+    # only the columns read below (an eager filter copies every column: the full rows cost four times as much)
+    needs = [("_row", "idx", "charge_point_id", "_sure")] * 3 + [("idx", "charge_point_id", "conn", "ts", "action",
+                                                                  "payload", "_sure")]
+    of_kind = [f.hstack(fields) for f, fields in zip(pl.collect_all([
+        calls.lazy().filter(kind == k).select(needs[k]) for k in range(len(w.fields))
+    ]), w.fields, strict=True)]  # fmt: skip
     keep["statuses"] = _statuses_compiled(of_kind[3])
     cols = ("_row", "idx", "charge_point_id", "conn", "ts")
     # per-message columns, gathered onto their samples
-    ids = pl.coalesce(*(pl.col(c).cast(pl.Int64, strict=False) for c in ("_c1", "_c2")))
+    # (the MeterValues connector read once: three columns below are it)
+    of_kind[0] = of_kind[0].with_columns(_ids=pl.coalesce(*(pl.col(c).cast(pl.Int64, strict=False) for c in ("_c1", "_c2"))))
+    ids = pl.col("_ids")
     stop_ids = pl.coalesce(*(pl.col(c).cast(pl.Int64, strict=False) for c in ("_stop_c1", "_stop_c2")))
     none, no_id = pl.lit(None, pl.String), pl.lit(None, pl.Int64)
     # the transaction id, connector (and the transaction references' connector and event type) of each call
@@ -770,7 +777,7 @@ def _transactions_16(messages: pl.LazyFrame, meter_ids: pl.DataFrame | None = No
         start_idx="idx",
         auth_status=_j("$.idTagInfo.status", "r_payload"),
         start_response_idx=pl.col("r_idx"),
-    )
+    ).cache()  # (read twice below: one pass over the messages, not two)
     stops = messages.filter(
         (pl.col("message_type") == "CALL") & (pl.col("action") == "StopTransaction")
     ).select(
@@ -783,7 +790,7 @@ def _transactions_16(messages: pl.LazyFrame, meter_ids: pl.DataFrame | None = No
         meter_stop_wh=_num("$.meterStop"),
         stop_reason=_j("$.reason"),
         stop_idx="idx",
-    )
+    ).cache()
     key = ["charge_point_id", "transaction_id"]
     # Each stop belongs to the latest start with its id before it; each start keeps its first stop.
     pairs = (
