@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import polars as pl
 
-from . import schemas
 from .registry import AnalysisContext, detector
 from .time import EVIDENCE_CAP, clock, human, seconds
 
@@ -373,6 +372,9 @@ def concurrent_calls(ctx: AnalysisContext) -> pl.LazyFrame:
     many messages broke the rule. Compare the payload with the schema named in the summary.""",
 )
 def schema_violation(ctx: AnalysisContext) -> pl.LazyFrame:
+    # (imported here: jsonschema takes ~50 ms to import, which a run does on its second thread, during the walk)
+    from . import schemas
+
     return schemas.violations(
         ctx.messages, EVIDENCE_CAP, meter_templates=ctx.meter_templates, prepared=ctx.schema_classes
     )

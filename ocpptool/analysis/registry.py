@@ -270,6 +270,12 @@ _MESSAGES_ONLY = {
 }  # fmt: skip
 
 
+def _enum_values() -> list[str]:
+    from .schemas import enum_values
+
+    return enum_values()
+
+
 def run(tables: Tables, options: Options | None = None, *, only: list[str] | None = None,
         meter_values: bool = True) -> Analysis:
     """Build the derived tables and run every detector (or ``only`` these codes).
@@ -301,10 +307,9 @@ def run(tables: Tables, options: Options | None = None, *, only: list[str] | Non
             from .derived import keyed, walk_calls
 
             enums = None
-            if schema:  # (the schema files are read on the second thread while the rows are selected)
-                from .schemas import enum_values
-
-                enums = pool.submit(enum_values).result
+            if schema:  # (the schema files are read, and jsonschema imported, on the second thread while the rows
+                # are selected)
+                enums = pool.submit(_enum_values).result
             walks = walk_calls(keyed(tables.messages.lazy(), cp_complete), energy_only=not meter_values,
                                cp_complete=cp_complete, enums=enums)
             stamps = walks.stamps()
@@ -326,17 +331,19 @@ def run(tables: Tables, options: Options | None = None, *, only: list[str] | Non
             pending = pool.submit(pl.collect_all, [conform_findings(d.fn(bare), d) for d in early])
         checked = None
         if schema:  # its payload classes need no derived table
-            from .schemas import untemplated_classes
-
             if walks is not None:  # every payload classed in C: the whole check needs none, and runs there too
                 walked_keys = walks.class_keys()
 
                 def check() -> pl.DataFrame:
+                    from .schemas import untemplated_classes
+
                     on_bare = replace(bare, schema_classes=untemplated_classes(bare.messages, walked_keys))
                     return conform_findings(schema[0].fn(on_bare), schema[0]).collect()
 
                 checked = pool.submit(check)
             else:  # the MeterValues are classed through the derived tables' templates: the detector runs last
+                from .schemas import untemplated_classes
+
                 classes = pool.submit(untemplated_classes, tables.messages.lazy(), None)
         ctx, derived, (transactions, samples, statuses) = _derive(tables, options, timer, events, walks, stamps,
                                                                   energy_only=not meter_values,
