@@ -879,8 +879,13 @@ def _transactions_2x(messages: pl.LazyFrame, samples: pl.LazyFrame, events: pl.D
             start_response_idx=pl.col("r_idx").filter(started).first(),
         )
     )
+    per_tx = per_tx.cache()  # (read three times below)
+    # the register's first reading in each Started and Ended event: those events' samples only (a few of the
+    # ~400k), then grouped
+    ends = pl.concat([per_tx.select(idx="start_idx"), per_tx.select(idx="stop_idx")]).drop_nulls()
     register = (
         samples.filter((pl.col("measurand") == ENERGY_REGISTER) & pl.col("phase").is_null())
+        .join(ends, on="idx", how="semi")
         .group_by("idx")
         .agg(v=pl.col("value").first())
     )
