@@ -657,11 +657,10 @@ def _raw_samples_compiled(walks: Walks, keep: dict, energy_only: bool = False) -
     kind = pl.col("_kind")
     # each kind's rows with what the walker read from them (its configuration's fields: a row per payload of it),
     # only the columns read below (an eager filter copies every column: the full rows cost four times as much)
-    needs = [("_row", "idx", "charge_point_id", "_sure")] * 3 + [("idx", "charge_point_id", "conn", "ts", "action",
-                                                                  "payload", "_sure")]
-    of_kind = [f.hstack(fields) for f, fields in zip(pl.collect_all([
-        calls.lazy().filter(kind == k).select(needs[k]) for k in range(len(w.fields))
-    ]), w.fields, strict=True)]  # fmt: skip
+    ids_only = ("_row", "idx", "charge_point_id", "_sure")
+    needs = {0: ids_only, 1: ids_only, 2: ids_only, 3: ("idx", "charge_point_id", "conn", "ts", "action", "payload", "_sure")}
+    rows_of_kind = pl.collect_all([calls.lazy().filter(kind == k).select(needs[k]) for k in range(len(w.fields))])
+    of_kind = [rows.hstack(fields) for rows, fields in zip(rows_of_kind, w.fields, strict=True)]
     keep["statuses"] = _statuses_compiled(of_kind[3])
     cols = ("_row", "idx", "charge_point_id", "conn", "ts")
     # per-message columns, gathered onto their samples
