@@ -61,13 +61,14 @@ def heartbeat_gap(ctx: AnalysisContext) -> pl.LazyFrame:
         .filter(pl.col("prev_idx").is_not_null())
         .filter(~((pl.col("message_type") == "CALL") & (pl.col("action") == "BootNotification")))
     )
+    intervals = _intervals(ctx).collect()  # (a few rows, read twice below)
     if o.heartbeat_gap_factor > 0:  # no gap under the smallest limit can be one: the as-of join reads only the rest
-        shortest = _intervals(ctx).select(pl.col("interval").min()).collect().item()
+        shortest = intervals.select(pl.col("interval").min()).item()
         shortest = o.default_heartbeat_interval_s if shortest is None else min(shortest, o.default_heartbeat_interval_s)
         msgs = msgs.filter(pl.col("gap") > shortest * o.heartbeat_gap_factor)
     return (
         msgs.join_asof(
-            _intervals(ctx),
+            intervals.lazy(),
             on="idx",
             by="charge_point_id",
             strategy="backward",
