@@ -2136,7 +2136,6 @@ static void col_back(Col *c, const ColMark *m) {
     c->nulls = m->nulls;
 }
 
-/* The rows' fields of the configurations other than the current one: null. */
 /* The row of a payload the walker leaves (not sure, or null): its fields, time and flag null. */
 static int w_unsure(Walk *w) {
     Col *fields = w->fields[w->c - w->cfg];
@@ -2404,22 +2403,25 @@ static PyObject *walk_payloads(PyObject *self, PyObject *args) {
     }
     if (!strings_read(stream_cap, "walk_payloads", &t)) goto done;
     int64_t rows = t.rows;
+    int64_t of_kind[W_MAX_CFG] = {rows}; /* a configuration's field columns: a row per payload of its kind */
     if (have_kinds) {
         if (kinds.len != rows) {
             PyErr_SetString(PyExc_ValueError, "kinds: one byte per payload");
             goto done;
         }
-        for (int64_t i = 0; i < rows; i++)
-            if (((const uint8_t *)kinds.buf)[i] >= w->ncfg) {
+        of_kind[0] = 0;
+        for (int64_t i = 0; i < rows; i++) {
+            uint8_t k = ((const uint8_t *)kinds.buf)[i];
+            if (k >= w->ncfg) {
                 PyErr_SetString(PyExc_ValueError, "kinds: a configuration number");
                 goto done;
             }
+            of_kind[k]++;
+        }
     }
     int ok = col_init(&w->sure, K_I8, rows, 0) && col_init(&w->stamp_text, K_VIEW, rows, rows * 24) &&
              col_init(&w->stamp_us, K_I64, rows, 0) && col_init(&w->offline_col, K_I8, rows, 0);
     if (ok && w->cls) ok = col_init(&w->cls_exact_col, K_I64, rows, 0) && col_init(&w->cls_key_col, K_I64, rows, 0);
-    int64_t of_kind[W_MAX_CFG] = {0}; /* a configuration's field columns: a row per payload of its kind */
-    for (int64_t i = 0; i < rows; i++) of_kind[have_kinds ? ((const uint8_t *)kinds.buf)[i] : 0]++;
     for (int k = 0; k < w->ncfg; k++)
         for (int i = 0; i < w->cfg[k].npaths && ok; i++)
             ok = col_init(&w->fields[k][i], K_VIEW, of_kind[k], of_kind[k] * 8);
