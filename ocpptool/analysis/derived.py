@@ -558,15 +558,18 @@ class Walks:
         order; payloads the walker left are read by the detectors' own expressions."""
         from .time import seconds, stamped_rows
 
-        parts, left = [], []
+        plans, left_plans = [], []
         for rows, w in ((self.calls, self.w), (self.other, self.w_other)):
-            both = rows.hstack(w.stamps).with_columns(_sure=w.sure)
+            # lazy, so that each filter copies only the columns it keeps (an eager filter copies all of them:
+            # first-run 83-123 -> 60-78 ms CPU on the bench fleet)
+            both = rows.hstack(w.stamps).with_columns(_sure=w.sure).lazy()
             keep = pl.col("_charger") & pl.col("ts").is_not_null()
-            parts.append(both.filter(keep & pl.col("_sure") & pl.col("stamp").is_not_null()).select(
+            plans.append(both.filter(keep & pl.col("_sure") & pl.col("stamp").is_not_null()).select(
                 "idx", "ts", "conn", "charge_point_id", "action", text="stamp_text",
                 offset_s=seconds(pl.col("stamp") - pl.col("ts")), offline="offline",
             ))  # fmt: skip
-            left.append(both.filter(keep & ~pl.col("_sure")).select("idx", "ts", "conn", "charge_point_id", "action", "payload"))
+            left_plans.append(both.filter(keep & ~pl.col("_sure")).select("idx", "ts", "conn", "charge_point_id", "action", "payload"))
+        parts, left = pl.collect_all(plans), pl.collect_all(left_plans)
         rest = pl.concat(left)
         if rest.height:
             parts.append(stamped_rows(rest.lazy()).collect())

@@ -61,12 +61,14 @@ def readings(ctx: AnalysisContext) -> pl.LazyFrame:
         .join(sampled_idx, on="idx", how="anti")  # 2.x: already a sample of the Started/Ended event
         for end, sub in (("start", -1), ("stop", 1 << 30))
     ]
-    # In (idx, sub) order: the samples are (meter_values is in idx order, sub counts within a message), so the
-    # few meterStart/meterStop rows are merged in by one key (a sort of the ~400k rows by two keys: ~80 ms)
-    order = pl.col("idx") * (1 << 31) + pl.col("sub") + 1  # (sub: -1 ... 2^30; idx below 2^32)
-    series = samples.with_columns(sub=pl.col("sub").cast(pl.Int64)).with_columns(_order=order).merge_sorted(
-        pl.concat(pseudo, how="vertical_relaxed").with_columns(_order=order).sort("_order"), key="_order"
-    ).drop("_order")
+    # In (idx, sub) order, sorted by one key (a sort of the ~400k rows by two keys: ~80 ms; merging the few
+    # meterStart/meterStop rows into the samples, which are in that order already, with merge_sorted: 50 ms,
+    # three times this sort)
+    order = pl.col("idx") * (1 << 31) + pl.col("sub") + 1  # (sub: -1 ... 2^30; idx below 2^32; unique per row)
+    series = (
+        pl.concat([samples.with_columns(sub=pl.col("sub").cast(pl.Int64)), *pseudo], how="vertical_relaxed")
+        .sort(order, maintain_order=True)
+    )
     return covering_transaction(series, ctx.transactions, sorted_by_idx=True).with_columns(
         tx=pl.coalesce("transaction_id", "open_tid")
     )
