@@ -1214,14 +1214,13 @@ static inline uint64_t w_mix(uint64_t h, uint64_t v) {
 
 /* -------------------------------------------------------------------------- schema classes (analysis) */
 /*
- * class_keys(stream, enums) gives, for each payload of a string column, two 64-bit keys for the schema check:
- *
- *   - exact: the payload's bytes (equal payloads are validated once);
- *   - class: the payload's shape as a schema sees it: its structure and member names exactly, every string
- *     that is one of `enums` (the schemas' enum values) exactly, every other string and every number with
- *     its ASCII letters and digits blurred alike (length, signs, points and other characters kept),
- *     true/false/null exactly; whitespace is not part of it. A payload with an escape, a number in exponent
- *     form or invalid JSON is a class of its own (its exact key, tagged).
+ * class_keys(stream, enums) gives, for each payload of a string column (null for a null), a 64-bit key for
+ * the schema check, its class: the payload's shape as a schema sees it: its structure and member names
+ * exactly, every string that is one of `enums` (the schemas' enum values) exactly, every other string and every
+ * number with its ASCII letters and digits blurred alike (length, signs, points and other characters kept),
+ * true/false/null exactly; whitespace is not part of it. A payload with an escape, a number in exponent form
+ * or invalid JSON is a class of its own (a hash of its bytes, tagged). No key of the bytes of every payload:
+ * the caller hashes the payloads of the few classes it must split.
  *
  * Payloads of one class get the same verdict from a schema unless the schema looks into blurred content
  * (patterns, lengths of escaped text, number ranges ...); the caller finds those classes and validates their
@@ -1391,12 +1390,14 @@ static inline void cls_text(Cls *c, cp_t s, int64_t n) {
     }
 }
 
-/* The class of a payload from its class text (ok) or, when it is a class of its own, from its exact key. */
-static inline int64_t cls_key(const Cls *c, int ok, uint64_t exact) {
-    return ok ? (int64_t)hash_bytes(c->buf, c->len, 0x13198A2E03707344ull) : (int64_t)w_mix(exact, 0xA4093822299F31D0ull);
-}
-
 static inline uint64_t cls_exact(cp_t s, int64_t n) { return hash_bytes((const char *)s, n, 0x243F6A8885A308D3ull); }
+
+/* The class of a payload (s, n) from its class text (ok) or, when it is a class of its own, from its bytes (the
+ * only payloads whose bytes are hashed: the caller hashes the few payloads of the classes it must split). */
+static inline int64_t cls_key(const Cls *c, int ok, cp_t s, int64_t n) {
+    return ok ? (int64_t)hash_bytes(c->buf, c->len, 0x13198A2E03707344ull)
+              : (int64_t)w_mix(cls_exact(s, n), 0xA4093822299F31D0ull);
+}
 
 /* ------------------------------------------------------------------------------ payload walker (analysis) */
 /*
@@ -1421,8 +1422,8 @@ static inline uint64_t cls_exact(cp_t s, int64_t n) { return hash_bytes((const c
  *     the energy register (measurand "Energy.Active.Import.Register", null or omitted);
  *   - always: the first "timestamp" string anywhere (as the time detectors' regex finds it) and that time in
  *     microseconds, and whether a key "offline" holds true anywhere;
- *   - with enums (the schema check's enum values): the payload's exact and class keys exactly as class_keys
- *     gives them (null when not sure). The class text is written as the payload is read, each scalar by the
+ *   - with enums (the schema check's enum values): the payload's class key exactly as class_keys
+ *     gives it (null when not sure). The class text is written as the payload is read, each scalar by the
  *     loop that holds it (wc_scalar), so the payloads that are most of a capture's bytes are read once.
  *
  * Samples come out in payload order (document order within one), so payloads of several kinds walked
@@ -1519,7 +1520,7 @@ typedef struct {
      * written as the payload is read (scalars by the loop that holds them), so the payload is read once */
     Cls *cls;
     int cls_own; /* a number in exponent form: the payload is a class of its own */
-    Col cls_exact_col, cls_key_col;
+    Col cls_key_col;
     SvTemplate svt[SVT_SLOTS][SVT_WAYS];
     unsigned svt_next[SVT_SLOTS]; /* the way a new template of that position replaces (round robin) */
 } Walk;
@@ -2142,7 +2143,7 @@ static int w_unsure(Walk *w) {
     if (!col_i8(&w->sure, 0)) return 0;
     for (int i = 0; i < w->c->npaths; i++)
         if (!col_null(&fields[i])) return 0;
-    if (w->cls && !(col_null(&w->cls_exact_col) && col_null(&w->cls_key_col))) return 0;
+    if (w->cls && !col_null(&w->cls_key_col)) return 0;
     return col_null(&w->stamp_text) && col_null(&w->stamp_us) && col_i8(&w->offline_col, 0);
 }
 
@@ -2186,11 +2187,7 @@ static int w_payload(Walk *w, cp_t s, int64_t len) {
     }
     if (!col_i8(&w->offline_col, (int8_t)w->offline)) return -1;
     if (!col_i8(&w->sure, w->nsampled ? 2 : 1)) return -1; /* 2: sure, with samples */
-    if (w->cls) {
-        uint64_t x = cls_exact(s, len);
-        if (!col_i64(&w->cls_exact_col, (int64_t)x) || !col_i64(&w->cls_key_col, cls_key(w->cls, !w->cls_own, x)))
-            return -1;
-    }
+    if (w->cls && !col_i64(&w->cls_key_col, cls_key(w->cls, !w->cls_own, s, len))) return -1;
     for (int i = 0; i < cf->npaths; i++) {
         WScalar *f = &w->field[i];
         if (!(f->type == 2 ? col_str(&fields[i], f->s, f->len) : col_null(&fields[i]))) return -1;
@@ -2308,7 +2305,6 @@ static void walk_free(Walk *w) {
     col_free(&w->stamp_text);
     col_free(&w->stamp_us);
     col_free(&w->offline_col);
-    col_free(&w->cls_exact_col);
     col_free(&w->cls_key_col);
     for (int k = 0; k < W_MAX_CFG; k++)
         for (int i = 0; i < W_MAX_PATHS; i++) col_free(&w->fields[k][i]);
@@ -2421,7 +2417,7 @@ static PyObject *walk_payloads(PyObject *self, PyObject *args) {
     }
     int ok = col_init(&w->sure, K_I8, rows, 0) && col_init(&w->stamp_text, K_VIEW, rows, rows * 24) &&
              col_init(&w->stamp_us, K_I64, rows, 0) && col_init(&w->offline_col, K_I8, rows, 0);
-    if (ok && w->cls) ok = col_init(&w->cls_exact_col, K_I64, rows, 0) && col_init(&w->cls_key_col, K_I64, rows, 0);
+    if (ok && w->cls) ok = col_init(&w->cls_key_col, K_I64, rows, 0);
     for (int k = 0; k < w->ncfg; k++)
         for (int i = 0; i < w->cfg[k].npaths && ok; i++)
             ok = col_init(&w->fields[k][i], K_VIEW, of_kind[k], of_kind[k] * 8);
@@ -2494,10 +2490,7 @@ static PyObject *walk_payloads(PyObject *self, PyObject *args) {
         Py_INCREF(Py_None);
         keys = Py_None;
     } else {
-        PyObject *a = export_col(&w->cls_exact_col, "exact"), *b = a ? export_col(&w->cls_key_col, "key") : NULL;
-        if (a && b) keys = PyTuple_Pack(2, a, b);
-        Py_XDECREF(a);
-        Py_XDECREF(b);
+        keys = export_col(&w->cls_key_col, "key");
     }
     if (sure && samples && stamps && keys) out = PyTuple_Pack(5, sure, fields, samples, stamps, keys);
     Py_XDECREF(keys);
@@ -2608,12 +2601,10 @@ static cp_t cls_value(Cls *c, cp_t p, cp_t e, int depth) {
     }
 }
 
-static void cls_one(Cls *c, cp_t s, int64_t n, int64_t *exact, int64_t *cls) {
-    uint64_t x = cls_exact(s, n);
+static int64_t cls_one(Cls *c, cp_t s, int64_t n) {
     c->len = 0;
     cp_t p = cls_reserve(c, n) ? cls_value(c, s, s + n, 0) : NULL;
-    *exact = (int64_t)x;
-    *cls = cls_key(c, p && skip_ws(p, s + n) == s + n, x); /* else a class of its own */
+    return cls_key(c, p && skip_ws(p, s + n) == s + n, s, n); /* else a class of its own */
 }
 
 static PyObject *class_keys(PyObject *self, PyObject *args) {
@@ -2622,15 +2613,14 @@ static PyObject *class_keys(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "OO!", &stream_cap, &PyTuple_Type, &enums)) return NULL;
     Cls c;
     memset(&c, 0, sizeof(c));
-    Col exact, cls;
-    memset(&exact, 0, sizeof(exact));
+    Col cls;
     memset(&cls, 0, sizeof(cls));
     PyObject *out = NULL;
     Strings t;
     memset(&t, 0, sizeof(t));
     if (!cls_init(&c, enums)) goto done;
     if (!strings_read(stream_cap, "class_keys", &t)) goto done;
-    if (!col_init(&exact, K_I64, t.rows, 0) || !col_init(&cls, K_I64, t.rows, 0)) {
+    if (!col_init(&cls, K_I64, t.rows, 0)) {
         PyErr_NoMemory();
         goto done;
     }
@@ -2640,13 +2630,13 @@ static PyObject *class_keys(PyObject *self, PyObject *args) {
         const struct ArrowArray *a = &t.arrays[k];
         for (int64_t i = 0; i < a->length && ok; i++) {
             cp_t s;
-            int64_t len, x, y;
+            int64_t len;
             if (!string_at(&t, a, i, &s, &len)) {
-                ok = col_null(&exact) && col_null(&cls);
+                ok = col_null(&cls);
                 continue;
             }
-            cls_one(&c, s, len, &x, &y);
-            ok = !c.oom && col_i64(&exact, x) && col_i64(&cls, y);
+            int64_t y = cls_one(&c, s, len);
+            ok = !c.oom && col_i64(&cls, y);
         }
     }
     Py_END_ALLOW_THREADS
@@ -2654,13 +2644,9 @@ static PyObject *class_keys(PyObject *self, PyObject *args) {
         PyErr_NoMemory();
         goto done;
     }
-    PyObject *a = export_col(&exact, "exact"), *b = a ? export_col(&cls, "class") : NULL;
-    if (a && b) out = PyTuple_Pack(2, a, b);
-    Py_XDECREF(a);
-    Py_XDECREF(b);
+    out = export_col(&cls, "class");
 done:
     strings_free(&t);
-    col_free(&exact);
     col_free(&cls);
     cls_free(&c);
     return out;
@@ -2671,8 +2657,8 @@ static PyMethodDef METHODS[] = {
      "walk_payloads(stream, kinds, configs, energy_only=False, enums=None) -> (sure, fields, samples, stamps, keys)\n\n"
      "Read OCPP payloads (an Arrow string stream capsule) for the analysis; see the C source."},
     {"class_keys", class_keys, METH_VARARGS,
-     "class_keys(stream, enums) -> (exact, class)\n\n"
-     "Each payload's exact key and schema class key (int64 columns as capsule pairs); see the C source."},
+     "class_keys(stream, enums) -> class\n\n"
+     "Each payload's schema class key (an int64 column as a capsule pair); see the C source."},
     {"count_lines", count_lines, METH_VARARGS, "count_lines(buffer) -> number of newline bytes"},
     {"split_jsonl", split_jsonl, METH_VARARGS,
      "split_jsonl(chunk, keys, first_line) -> (columns, slow_lines, lines)\n\n"

@@ -576,7 +576,7 @@ class Walks:
         return unkeyed(pl.concat(parts).sort("idx").lazy(), self.cp_complete).collect().lazy()
 
     def class_keys(self) -> pl.DataFrame | None:
-        """The schema check's keys of the walked CALLs (``idx``, ``exact``, ``key``; null where the walker was not
+        """The schema check's keys of the walked CALLs (``idx``, ``key``; null where the walker was not
         sure), when the walk was asked for them (see :func:`walk_calls`)."""
         return None if self.w.keys is None else self.calls.select("idx").hstack(self.w.keys)
 

@@ -64,8 +64,8 @@ class Walked:
     # ``stamp`` (it read as a UTC time), ``offline`` (a key "offline" holding true)
     stamps: pl.DataFrame
     energy_only: bool = False  # ``samples`` holds the energy register's samples only
-    # per payload, when asked (``enums``): the schema check's ``exact`` and ``key`` (UInt64) as :func:`class_keys`
-    # gives them, for the payloads the walker is sure of (null for the others)
+    # per payload, when asked (``enums``): the schema check's ``key`` (UInt64) as :func:`class_keys`
+    # gives it, for the payloads the walker is sure of (null for the others)
     keys: pl.DataFrame | None = None
 
 
@@ -130,9 +130,9 @@ def walk(payloads: pl.Series, configs: list[Config], kinds: pl.Series | None = N
 
 
 def class_keys(payloads: pl.Series, enums: list[str]) -> pl.DataFrame:
-    """``exact`` and ``key`` (UInt64) of each payload for the schema check (``class_keys`` in the C source:
-    the payload's bytes, and its shape with the letters and digits of every string not in ``enums`` and of
-    every number blurred; null for a null payload), computed on two threads for large columns."""
+    """``key`` (UInt64) of each payload for the schema check (``class_keys`` in the C source: its shape with the
+    letters and digits of every string not in ``enums`` and of every number blurred; null for a null
+    payload), computed on two threads for large columns."""
     args = tuple(e.encode() for e in enums)
 
     def piece(offset: int, length: int) -> tuple:
@@ -144,8 +144,5 @@ def class_keys(payloads: pl.Series, enums: list[str]) -> pl.DataFrame:
 
 
 def _key_frame(pieces: list[tuple]) -> pl.DataFrame:
-    """``exact`` and ``key`` (UInt64) from each piece's pair of Arrow columns (class_keys', or the walk's)."""
-    return pl.DataFrame({
-        name: pl.concat([column(name, p[i]) for p in pieces]).reinterpret(signed=False)
-        for i, name in enumerate(("exact", "key"))
-    })  # fmt: skip
+    """``key`` (UInt64) from each piece's Arrow column (class_keys', or the walk's)."""
+    return pl.DataFrame({"key": pl.concat([column("key", p) for p in pieces]).reinterpret(signed=False)})
