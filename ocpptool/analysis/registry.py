@@ -164,8 +164,8 @@ class _Timer:
     untimed total.
     """
 
-    def __init__(self) -> None:
-        value = os.environ.get("OCPPTOOL_TIMINGS", "")
+    def __init__(self, enabled: bool = True) -> None:
+        value = os.environ.get("OCPPTOOL_TIMINGS", "") if enabled else ""
         self.enabled = value not in ("", "0")
         # ``OCPPTOOL_TIMINGS=together``: the shared steps timed, the detectors collected together as in an
         # untimed run (one step for all of them): the real total, without the per-detector split
@@ -362,7 +362,17 @@ def _run(tables: Tables, options: Options | None, only: list[str] | None, meter_
                                                                   energy_only=not meter_values,
                                                                   cp_complete=cp_complete)
         later = [d for d in chosen if d not in early and d not in schema]
-        found = dict(zip(later, _collect(_plans(ctx, derived, later, timer), later, timer), strict=True))
+        # The meter detectors' shared frames (register readings, then pairs) are chains of steps that keep
+        # about one core busy: built and collected on a thread of their own while the other detectors on the
+        # derived tables are collected here.
+        meter = [] if timer.per_detector else [d for d in later if d.family == "meter"]
+        rest = [d for d in later if d not in meter]
+        with ThreadPoolExecutor(max_workers=1) as side:
+            metered = side.submit(lambda: _collect(_plans(ctx, derived, meter, _Timer(False)), meter, _Timer(False))) if meter else None
+            found = dict(zip(rest, _collect(_plans(ctx, derived, rest, timer), rest, timer), strict=True))
+            if metered is not None:
+                found.update(zip(meter, metered.result(), strict=True))
+                timer.step("meter detectors on their thread (waited for)")
         if checked is not None:
             found[schema[0]] = checked.result()
             timer.step("schema-violation on the second thread (waited for)")
