@@ -136,6 +136,15 @@ def test_an_unknown_id_at_the_start_of_the_capture_started_before_it():
     assert f["severity"] == "info" and "before the capture" in f["summary"]
 
 
+def test_a_2x_event_for_a_text_id_never_started_is_unknown():
+    """2.x ids are text (UUIDs): Updated and Ended events for an id whose Started event is not in the capture,
+    on an EVSE whose earlier session is, are reported like 1.6 numeric ids are."""
+    s = Script().event(0, "CS", "Started", "a1b2-c3", 0, evse=1, wh=100).event(60, "CS", "Ended", "a1b2-c3", 1, evse=1, wh=900)
+    s.event(1000, "CS", "Updated", "f00d-beef", 5, evse=1, wh=1500).event(1060, "CS", "Ended", "f00d-beef", 6, evse=1, wh=1600)
+    f = one(s.findings("unknown-transaction"))
+    assert (f["severity"], f["transaction_id"], f["value"]) == ("warning", "f00d-beef", 2.0)
+
+
 def test_known_ids_and_sentinel_ids_are_not_unknown():
     """Ids that were started, and the sentinel 0 (another detector's business), are not reported."""
     s = session(Script(), 0, "CP", 1).meter(1000, "CP", 2000, tid=0)
