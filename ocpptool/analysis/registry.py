@@ -276,14 +276,6 @@ def _enum_values() -> list[str]:
     return enum_values()
 
 
-#: Polars' engine for the analysis' queries (unless POLARS_ENGINE_AFFINITY says otherwise). Polars 2 runs
-#: queries on its streaming engine by default; the analysis' queries (joins, windows, sorts and filters of
-#: frames already in memory) take a fifth less CPU on the in-memory engine: on 1M messages, the sum over the
-#: steps timed one by one 3.15 -> 2.53 CPU s, meter pairs 280 -> 170 ms, charging-without-transaction
-#: 130 -> 50 ms (bench/README.md, sixth round).
-ENGINE = "in-memory"
-
-
 def run(tables: Tables, options: Options | None = None, *, only: list[str] | None = None,
         meter_values: bool = True) -> Analysis:
     """Build the derived tables and run every detector (or ``only`` these codes).
@@ -291,11 +283,6 @@ def run(tables: Tables, options: Options | None = None, *, only: list[str] | Non
     ``meter_values=False``: the analysis' meter_values table holds only the energy register's samples (all
     the detectors read; the findings are the same), for a run that does not export its tables: on a usual
     fleet that is a quarter of the samples, built and kept."""
-    with pl.Config(engine_affinity=os.environ.get("POLARS_ENGINE_AFFINITY") or ENGINE):  # type: ignore[arg-type]
-        return _run(tables, options, only, meter_values)
-
-
-def _run(tables: Tables, options: Options | None, only: list[str] | None, meter_values: bool) -> Analysis:
     from concurrent.futures import ThreadPoolExecutor
 
     _load_detectors()
