@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import polars as pl
+import pytest
 
 from ocpptool.analysis import Options, run
 
@@ -156,3 +157,23 @@ def test_fleet_demo_has_no_other_meter_warning():
     """Apart from CP-003's regression the meters of the sample capture are clean, kWh and bare values included."""
     f = serious(fleet_demo().findings.filter(pl.col("code").is_in(METER_CODES)))
     assert f.select("code", "charge_point_id").rows() == [("meter-regression", "CP-003")]
+
+
+@pytest.mark.parametrize("connector", [1, 70_000], ids=["packed", "ranked"])
+def test_series_ids_group_readings_exactly_as_their_four_columns(connector):
+    """The one-number series key (charge point, connector, phase, location) the meter detectors window and join
+    on: equal for the readings of one series, different across series, whether the codes fit in 63 bits or
+    not (a connector number of 70000 does not: the dense rank is used)."""
+    from ocpptool.analysis.meter import SERIES, with_series_ids
+
+    frame = pl.DataFrame({
+        "charge_point_id": ["A", "A", "B", "A", "A", "B"],
+        "connector_id": [connector, connector, connector, 2, connector, connector],
+        "phase": ["", "L1", "", "", "", ""],
+        "location": ["Outlet", "Outlet", "Outlet", "Outlet", "Inlet", "Outlet"],
+    })  # fmt: skip
+    got = with_series_ids(frame)
+    assert got["_sid"].dtype == pl.UInt64
+    by_columns = frame.select(pl.struct(SERIES).rank("dense"))["charge_point_id"]
+    pairs = set(zip(got["_sid"].to_list(), by_columns.to_list(), strict=True))
+    assert len(pairs) == 5 == len({a for a, _ in pairs}) == len({b for _, b in pairs})

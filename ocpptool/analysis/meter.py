@@ -29,6 +29,23 @@ _SERIES_CODES = {
 _SERIES_KEY = ["_s_cp", "connector_id", "_s_phase", "_s_location"]
 
 
+def with_series_ids(frame: pl.DataFrame) -> pl.DataFrame:
+    """``frame`` (register readings) with ``_sid``: one UInt64 per series (:data:`SERIES`), so that windows and
+    as-of joins key on one number instead of four columns, three of them text. The categorical codes of the
+    texts and the connector packed into 63 bits when they fit (any real fleet's do), else the series' dense
+    rank (exact, slower). :func:`pairs` and :func:`energy_implausible` use it when it is there."""
+    parts = {"_c": (_SERIES_CODES["_s_cp"], 23), "_n": (pl.col("connector_id"), 16),
+             "_p": (_SERIES_CODES["_s_phase"], 12), "_l": (_SERIES_CODES["_s_location"], 12)}
+    codes = frame.select(**{k: e.cast(pl.Int64) for k, (e, _) in parts.items()})
+    fits = codes.select(pl.all_horizontal(
+        (pl.col(k).min() >= 0) & (pl.col(k).max() < (1 << bits)) for k, (_, bits) in parts.items()
+    )).item()  # fmt: skip
+    if fits:
+        sid = (((pl.col("_c") * (1 << 16) + pl.col("_n")) * (1 << 12) + pl.col("_p")) * (1 << 12) + pl.col("_l"))
+        return frame.with_columns(_sid=codes.select(sid.cast(pl.UInt64)).to_series())
+    return frame.with_columns(_sid=pl.struct(SERIES).rank("dense").cast(pl.UInt64))
+
+
 def readings(ctx: AnalysisContext) -> pl.LazyFrame:
     """The register series: samples plus 1.6 meterStart/meterStop, with ``tx`` (the transaction they belong to).
 
@@ -105,10 +122,14 @@ def pairs(ctx: AnalysisContext) -> pl.LazyFrame:
     # it, the previous reading's other columns only for the few flagged pairs (each more window: ~16 ms).
     rows = readings(ctx).with_row_index("_pos")
     before = rows.select(_p="_pos", p_idx="idx", p_tx="tx", p_sample_ts="sample_ts", p_kind="kind")
+    if "_sid" in rows.collect_schema().names():  # (with_series_ids: one number per series)
+        windowed = rows.with_columns(_p=pl.col("_pos").shift(1).over("_sid"))
+    else:
+        windowed = rows.with_columns(**_SERIES_CODES).with_columns(_p=pl.col("_pos").shift(1).over(_SERIES_KEY)).drop(
+            *_SERIES_CODES
+        )
     return (
-        rows.with_columns(**_SERIES_CODES)
-        .with_columns(_p=pl.col("_pos").shift(1).over(_SERIES_KEY))
-        .drop(*_SERIES_CODES)
+        windowed
         # (gathered before any filter: positions are the readings'; a null position gathers a null)
         .with_columns(p_value=pl.col("value").gather("_p"), p_resolution=pl.col("resolution").gather("_p"))
         .filter(pl.col("_p").is_not_null())
@@ -235,10 +256,13 @@ def energy_implausible(ctx: AnalysisContext) -> pl.LazyFrame:
     k = ctx.options.kwh_suspect_ratio
     # one sort by the charger's time serves both sides: ``until`` is the same time shifted
     r = readings(ctx).filter(pl.col("sample_ts").is_not_null()).sort("sample_ts")
-    base = r.select(*SERIES, b_idx="idx", b_value="value", b_ts="sample_ts", b_tx="tx", b_resolution="resolution")
+    # (one number per series when readings carry it, see with_series_ids: an as-of join by four columns, three
+    # of them text, encodes every row of both sides)
+    by = ["_sid"] if "_sid" in r.collect_schema().names() else SERIES
+    base = r.select(*by, b_idx="idx", b_value="value", b_ts="sample_ts", b_tx="tx", b_resolution="resolution")
     joined = (
         r.with_columns(until=pl.col("sample_ts") - pl.duration(microseconds=int(MIN_POWER_WINDOW_S * 1e6)))
-        .join_asof(base, left_on="until", right_on="b_ts", by=SERIES, check_sortedness=False)
+        .join_asof(base, left_on="until", right_on="b_ts", by=by, check_sortedness=False)
         .filter(pl.col("b_idx").is_not_null() & (pl.col("tx").eq_missing(pl.col("b_tx"))))
     )
     lo = pl.min_horizontal("value", "b_value")

@@ -233,9 +233,9 @@ def _plans(ctx: AnalysisContext, derived, chosen: list[Detector], timer: _Timer)
         timer.step("transaction references")
     if any(d.family == "meter" for d in chosen):
         from .derived import keyed_context
-        from .meter import pairs, readings
+        from .meter import pairs, readings, with_series_ids
 
-        ctx.meter_readings = readings(keyed_context(ctx)).collect().lazy()
+        ctx.meter_readings = with_series_ids(readings(keyed_context(ctx)).collect()).lazy()
         ctx.meter_pairs = pairs(keyed_context(ctx)).collect().lazy()
         timer.step("meter pairs")
     if timer.per_detector and ctx.schema_classes is None and any(d.code == "schema-violation" for d in chosen):
