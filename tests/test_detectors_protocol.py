@@ -236,7 +236,7 @@ def test_rows_coded_by_number_check_the_schemas_named_by_text():
     m = pl.DataFrame(rows, schema=["ocpp_version", "message_type", "action"], orient="row").with_row_index("idx")
     m = m.with_columns(idx=pl.col("idx").cast(pl.Int64), payload=pl.lit("{}"), note=pl.lit(None, pl.String),
                        ts=pl.lit(None, pl.Datetime("us", "UTC")), conn=pl.lit("c"), charge_point_id=pl.lit("cp"))
-    by_name = schemas._rows(m.lazy(), exact=False).select("idx", "ocpp_version", "action", "kind", "dir", "schema")
+    by_name = schemas._rows(m.lazy()).select("idx", "ocpp_version", "action", "kind", "dir", "schema")
     by_code = schemas._coded_rows(m.lazy()).join(schemas._checked_schemas()[2].lazy(), on="sid").select(by_name.collect_schema().names())
     want = by_name.collect()
     assert want.height > 500 and {"v16", "v201", "v21"} <= set(want["dir"])

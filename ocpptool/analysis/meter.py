@@ -19,23 +19,18 @@ MIN_UNIT_WH = 100.0  # both readings at least this large before a ~1000x ratio r
 MIN_RESET_FROM_WH = 1000.0  # a "reset" needs a register that had counted something
 
 SERIES = ["charge_point_id", "connector_id", "phase", "location"]
-# The series key as numbers (categorical codes of the text columns: the same groups), for the windows over the
-# ~400k register readings of a 1M-message fleet: a quarter less CPU than windows keyed by the text.
-_SERIES_CODES = {
-    "_s_cp": pl.col("charge_point_id").cast(pl.Categorical).to_physical(),
-    "_s_phase": pl.col("phase").cast(pl.Categorical).to_physical(),
-    "_s_location": pl.col("location").cast(pl.Categorical).to_physical(),
-}
-_SERIES_KEY = ["_s_cp", "connector_id", "_s_phase", "_s_location"]
 
 
 def with_series_ids(frame: pl.DataFrame) -> pl.DataFrame:
     """``frame`` (register readings) with ``_sid``: one UInt64 per series (:data:`SERIES`), so that windows and
     as-of joins key on one number instead of four columns, three of them text. The categorical codes of the
     texts and the connector packed into 63 bits when they fit (any real fleet's do), else the series' dense
-    rank (exact, slower). :func:`pairs` and :func:`energy_implausible` use it when it is there."""
-    parts = {"_c": (_SERIES_CODES["_s_cp"], 23), "_n": (pl.col("connector_id"), 16),
-             "_p": (_SERIES_CODES["_s_phase"], 12), "_l": (_SERIES_CODES["_s_location"], 12)}
+    rank (exact, slower). :func:`pairs` and :func:`energy_implausible` key on it."""
+    def code(c: str) -> pl.Expr:  # (a text column's categorical code: the same groups as the text)
+        return pl.col(c).cast(pl.Categorical).to_physical()
+
+    parts = {"_c": (code("charge_point_id"), 23), "_n": (pl.col("connector_id"), 16), "_p": (code("phase"), 12),
+             "_l": (code("location"), 12)}
     codes = frame.select(**{k: e.cast(pl.Int64) for k, (e, _) in parts.items()})
     fits = codes.select(pl.all_horizontal(
         (pl.col(k).min() >= 0) & (pl.col(k).max() < (1 << bits)) for k, (_, bits) in parts.items()
@@ -47,7 +42,8 @@ def with_series_ids(frame: pl.DataFrame) -> pl.DataFrame:
 
 
 def readings(ctx: AnalysisContext) -> pl.LazyFrame:
-    """The register series: samples plus 1.6 meterStart/meterStop, with ``tx`` (the transaction they belong to).
+    """The register series: samples plus 1.6 meterStart/meterStop, with ``tx`` (the transaction they belong to)
+    and ``_sid`` (:func:`with_series_ids`), materialised.
 
     Built once per analysis by :func:`registry.run` (``ctx.meter_readings``) for the meter detectors.
     """
@@ -86,9 +82,11 @@ def readings(ctx: AnalysisContext) -> pl.LazyFrame:
         pl.concat([samples.with_columns(sub=pl.col("sub").cast(pl.Int64)), *pseudo], how="vertical_relaxed")
         .sort(order, maintain_order=True)
     )
-    return covering_transaction(series, ctx.transactions, sorted_by_idx=True).with_columns(
-        tx=pl.coalesce("transaction_id", "open_tid")
-    )
+    return with_series_ids(
+        covering_transaction(series, ctx.transactions, sorted_by_idx=True)
+        .with_columns(tx=pl.coalesce("transaction_id", "open_tid"))
+        .collect()
+    ).lazy()
 
 
 def _place_in_run(key: pl.Expr) -> pl.Expr:
@@ -122,14 +120,8 @@ def pairs(ctx: AnalysisContext) -> pl.LazyFrame:
     # it, the previous reading's other columns only for the few flagged pairs (each more window: ~16 ms).
     rows = readings(ctx).with_row_index("_pos")
     before = rows.select(_p="_pos", p_idx="idx", p_tx="tx", p_sample_ts="sample_ts", p_kind="kind")
-    if "_sid" in rows.collect_schema().names():  # (with_series_ids: one number per series)
-        windowed = rows.with_columns(_p=pl.col("_pos").shift(1).over("_sid"))
-    else:
-        windowed = rows.with_columns(**_SERIES_CODES).with_columns(_p=pl.col("_pos").shift(1).over(_SERIES_KEY)).drop(
-            *_SERIES_CODES
-        )
     return (
-        windowed
+        rows.with_columns(_p=pl.col("_pos").shift(1).over("_sid"))  # (with_series_ids: one number per series)
         # (gathered before any filter: positions are the readings'; a null position gathers a null)
         .with_columns(p_value=pl.col("value").gather("_p"), p_resolution=pl.col("resolution").gather("_p"))
         .filter(pl.col("_p").is_not_null())
@@ -256,13 +248,12 @@ def energy_implausible(ctx: AnalysisContext) -> pl.LazyFrame:
     k = ctx.options.kwh_suspect_ratio
     # one sort by the charger's time serves both sides: ``until`` is the same time shifted
     r = readings(ctx).filter(pl.col("sample_ts").is_not_null()).sort("sample_ts")
-    # (one number per series when readings carry it, see with_series_ids: an as-of join by four columns, three
-    # of them text, encodes every row of both sides)
-    by = ["_sid"] if "_sid" in r.collect_schema().names() else SERIES
-    base = r.select(*by, b_idx="idx", b_value="value", b_ts="sample_ts", b_tx="tx", b_resolution="resolution")
+    # (by one number per series, see with_series_ids: an as-of join by four columns, three of them text,
+    # encodes every row of both sides)
+    base = r.select("_sid", b_idx="idx", b_value="value", b_ts="sample_ts", b_tx="tx", b_resolution="resolution")
     joined = (
         r.with_columns(until=pl.col("sample_ts") - pl.duration(microseconds=int(MIN_POWER_WINDOW_S * 1e6)))
-        .join_asof(base, left_on="until", right_on="b_ts", by=by, check_sortedness=False)
+        .join_asof(base, left_on="until", right_on="b_ts", by="_sid", check_sortedness=False)
         .filter(pl.col("b_idx").is_not_null() & (pl.col("tx").eq_missing(pl.col("b_tx"))))
     )
     lo = pl.min_horizontal("value", "b_value")

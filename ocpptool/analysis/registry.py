@@ -233,9 +233,9 @@ def _plans(ctx: AnalysisContext, derived, chosen: list[Detector], timer: _Timer)
         timer.step("transaction references")
     if any(d.family == "meter" for d in chosen):
         from .derived import keyed_context
-        from .meter import pairs, readings, with_series_ids
+        from .meter import pairs, readings
 
-        ctx.meter_readings = with_series_ids(readings(keyed_context(ctx)).collect()).lazy()
+        ctx.meter_readings = readings(keyed_context(ctx))
         ctx.meter_pairs = pairs(keyed_context(ctx)).collect().lazy()
         timer.step("meter pairs")
     if timer.per_detector and ctx.schema_classes is None and any(d.code == "schema-violation" for d in chosen):
@@ -354,8 +354,9 @@ def run(tables: Tables, options: Options | None = None, *, only: list[str] | Non
         # derived tables are collected here.
         meter = [] if timer.per_detector else [d for d in later if d.family == "meter"]
         rest = [d for d in later if d not in meter]
+        quiet = _Timer(False)  # (one thread's steps interleave with the other's: not timed apart)
         with ThreadPoolExecutor(max_workers=1) as side:
-            metered = side.submit(lambda: _collect(_plans(ctx, derived, meter, _Timer(False)), meter, _Timer(False))) if meter else None
+            metered = side.submit(lambda: _collect(_plans(ctx, derived, meter, quiet), meter, quiet)) if meter else None
             found = dict(zip(rest, _collect(_plans(ctx, derived, rest, timer), rest, timer), strict=True))
             if metered is not None:
                 found.update(zip(meter, metered.result(), strict=True))

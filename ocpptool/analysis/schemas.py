@@ -348,9 +348,9 @@ _CHECKED = (
 )
 
 
-def _rows(messages: pl.LazyFrame, exact: bool = True) -> pl.LazyFrame:
-    """CALL and CALLRESULT rows with a schema to check: ``kind``, ``dir``, ``schema``, ``exact`` (payload hash,
-    unless not ``exact``)."""
+def _rows(messages: pl.LazyFrame) -> pl.LazyFrame:
+    """CALL and CALLRESULT rows with a schema to check: ``kind``, ``dir``, ``schema``, ``exact`` (payload hash).
+    Without the compiled walker; with it, :func:`_coded_rows`."""
     kind = pl.when(pl.col("message_type") == "CALL").then(pl.lit("request")).otherwise(pl.lit("response"))
     d = pl.col("ocpp_version").replace_strict(VERSION_DIRS, default=None)
     suffix = (
@@ -366,7 +366,7 @@ def _rows(messages: pl.LazyFrame, exact: bool = True) -> pl.LazyFrame:
         .select("idx", "ts", "conn", "charge_point_id", "ocpp_version", "action", "payload", kind=kind, dir=d)
         .with_columns(schema=pl.col("action") + suffix)
         .filter(pl.concat_str("dir", pl.lit("/"), "schema").is_in(known))
-        .with_columns(**({"exact": pl.col("payload").hash()} if exact else {}))
+        .with_columns(exact=pl.col("payload").hash())
     )
 
 

@@ -245,9 +245,8 @@ def orphaned_transaction(ctx: AnalysisContext) -> pl.LazyFrame:
 def unknown_transaction(ctx: AnalysisContext) -> pl.LazyFrame:
     start = _lit_ts(ctx.capture_start)
     known = _starts(ctx).select(KEY).unique()
-    refs = _references(ctx).filter(pl.col("transaction_id").is_not_null()).join(
-        _sentinel_ids(_references(ctx)), on="transaction_id", how="anti"
-    )
+    every = _references(ctx)
+    refs = every.filter(pl.col("transaction_id").is_not_null()).join(_sentinel_ids(every), on="transaction_id", how="anti")
     unknown = (
         refs.join(known, on=KEY, how="anti")
         .sort("idx")
@@ -416,9 +415,9 @@ def invalid_transaction_id(ctx: AnalysisContext) -> pl.LazyFrame:
         (pl.col("status") == "Accepted")
         & (pl.col("transaction_id").is_null() | is_sentinel(pl.col("transaction_id")))
     ).with_columns(transaction_id=pl.col("transaction_id").fill_null("(missing)"))
+    every = _references(ctx)
     bad_refs = (
-        _references(ctx)
-        .join(_sentinel_ids(_references(ctx)), on="transaction_id", how="semi")
+        every.join(_sentinel_ids(every), on="transaction_id", how="semi")
         .join(rejected, on=KEY, how="anti", nulls_equal=True)
     )
     return (
