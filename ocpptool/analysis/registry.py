@@ -297,7 +297,14 @@ def run(tables: Tables, options: Options | None = None, *, only: list[str] | Non
     # of a filter's or a join's result again in every query, copying the payload text that a view no longer
     # covers densely (~0.3 CPU s over an analysis of 1M messages); concatenated once here, cheaply (the pieces
     # are whole).
-    tables = replace(tables, messages=tables.messages.rechunk())
+    # The message type, action and direction as categoricals: the detectors filter the messages by them ~40
+    # times (`action == "StartTransaction"`, `is_in` of actions), a comparison of every row's text (memcmp:
+    # most actions are longer than a view's 12 inline bytes) that compares one number per row on a
+    # categorical (cast once: ~45 CPU ms; the run on 1M messages: ~0.3 CPU s less). The derived tables cast
+    # their columns to their schemas; the caller's tables are returned unchanged.
+    given = tables
+    tables = replace(tables, messages=tables.messages.rechunk().with_columns(
+        pl.col("message_type", "action", "direction").cast(pl.Categorical)))
     # (usual: then no detector builds a stand-in charge point for each of the messages)
     cp_complete = names_every_charge_point(tables.messages, tables.connections)
     schema = [d for d in chosen if d.code == "schema-violation" and not timer.per_detector]
@@ -383,4 +390,4 @@ def run(tables: Tables, options: Options | None = None, *, only: list[str] | Non
         .drop("_rank", "_first")
     )
     timer.step("findings sorted")
-    return Analysis(findings, transactions, samples, statuses, tables, options)
+    return Analysis(findings, transactions, samples, statuses, given, options)
