@@ -177,3 +177,25 @@ def test_series_ids_group_readings_exactly_as_their_four_columns(connector):
     by_columns = frame.select(pl.struct(SERIES).rank("dense"))["charge_point_id"]
     pairs = set(zip(got["_sid"].to_list(), by_columns.to_list(), strict=True))
     assert len(pairs) == 5 == len({a for a, _ in pairs}) == len({b for _, b in pairs})
+
+
+def test_a_2x_register_going_down_is_a_regression_between_its_samples():
+    """2.0.1: the register falls between the Started and the Updated event's samples. The transaction's meter
+    start and stop are those events' samples, so the finding compares the two samples, once."""
+    s = Script().event(0, "CS", "Started", "t-1", 0, evse=1, wh=5000).event(60, "CS", "Updated", "t-1", 1, evse=1, wh=4000)
+    s.event(120, "CS", "Ended", "t-1", 2, evse=1, wh=4100)
+    f = one(s.findings("meter-regression"))
+    assert (f["transaction_id"], f["value"]) == ("t-1", -1000.0)
+    assert "(sample 5000 Wh -> sample 4000 Wh)" in f["summary"], f["summary"]
+    assert f["evidence"] == [0, 2], f["evidence"]
+
+
+def test_a_meter_start_or_stop_is_known_as_a_sample_by_its_idx():
+    """A 2.x meterStart/meterStop that is a sample already is found among the sampled idx (a binary search):
+    found, between, below and above them, none sampled."""
+    from ocpptool.analysis.meter import _among_sorted
+
+    sampled = pl.Series([2, 4, 4, 9])
+    got = _among_sorted(pl.Series([0, 2, 3, 4, 9, 10]), sampled)
+    assert got.to_list() == [False, True, False, True, True, False]
+    assert _among_sorted(pl.Series([1]), pl.Series([], dtype=pl.Int64)).to_list() == [False]

@@ -42,14 +42,16 @@ def with_series_ids(frame: pl.DataFrame) -> pl.DataFrame:
 
 
 def readings(ctx: AnalysisContext) -> pl.LazyFrame:
-    """The register series: samples plus 1.6 meterStart/meterStop, with ``tx`` (the transaction they belong to)
-    and ``_sid`` (:func:`with_series_ids`), materialised.
+    """The register series: samples plus 1.6 meterStart/meterStop, in wire order, with ``tx`` (the transaction
+    they belong to) and ``_sid`` (the series, :func:`with_series_ids`), materialised: ``idx``, ``ts``,
+    ``sample_ts``, ``conn``, ``charge_point_id``, ``connector_id``, ``value``, ``resolution``, ``kind``, ``tx``,
+    ``_sid`` (what the detectors read; the series' phase and location are in ``_sid``).
 
     Built once per analysis by :func:`registry.run` (``ctx.meter_readings``) for the meter detectors.
     """
     if ctx.meter_readings is not None:
         return ctx.meter_readings
-    samples = (
+    sample_plan = (
         ctx.meter_values.filter(
             (pl.col("measurand") == ENERGY_REGISTER) & pl.col("value").is_not_null()
             & pl.col("connector_id").is_not_null()
@@ -60,9 +62,8 @@ def readings(ctx: AnalysisContext) -> pl.LazyFrame:
         .select("idx", "sub", "ts", "sample_ts", "conn", *SERIES, "transaction_id", "value", "resolution",
                 kind=pl.lit("sample"))
     )
-    sampled_idx = samples.select("idx").unique()
     tx = ctx.transactions.filter(pl.col("connector_id").is_not_null())
-    pseudo = [
+    pseudo_plans = [
         tx.filter(pl.col(f"meter_{end}_wh").is_not_null())
         .select(
             idx=f"{end}_idx", sub=pl.lit(sub, pl.Int64), ts=f"{end}_observed", sample_ts=f"{end}_ts",
@@ -71,22 +72,41 @@ def readings(ctx: AnalysisContext) -> pl.LazyFrame:
             value=f"meter_{end}_wh", resolution=pl.lit(1.0), kind=pl.lit(f"meter{end.capitalize()}"),
         )
         .filter(pl.col("idx").is_not_null())
-        .join(sampled_idx, on="idx", how="anti")  # 2.x: already a sample of the Started/Ended event
         for end, sub in (("start", -1), ("stop", 1 << 30))
     ]
-    # In (idx, sub) order, sorted by one key (a sort of the ~400k rows by two keys: ~80 ms; merging the few
-    # meterStart/meterStop rows into the samples, which are in that order already, with merge_sorted: 50 ms,
-    # three times this sort)
+    samples, *pseudo = pl.collect_all([sample_plan.with_columns(sub=pl.col("sub").cast(pl.Int64)), *pseudo_plans])
+    # 2.x: a Started/Ended event's meterStart/meterStop is one of its samples already: left out. The samples
+    # are in idx order, so a search finds them (a hash set of the ~400k sampled idx: ~15 ms more)
+    sampled = samples["idx"]
+    if not sampled.is_sorted():
+        sampled = sampled.sort()
+    pseudo = [p.filter(~_among_sorted(p["idx"], sampled)) for p in pseudo]
+    # The series' ids, then in (idx, sub) order, sorted by one key (two keys: ~80 ms; merge_sorted of the few
+    # meterStart/meterStop rows into the samples, which are in that order already: 50 ms, three times this
+    # sort): the columns that only make the series (phase, location) are gone before the rows are moved.
     order = pl.col("idx") * (1 << 31) + pl.col("sub") + 1  # (sub: -1 ... 2^30; idx below 2^32; unique per row)
     series = (
-        pl.concat([samples.with_columns(sub=pl.col("sub").cast(pl.Int64)), *pseudo], how="vertical_relaxed")
+        with_series_ids(pl.concat([samples, *pseudo], how="vertical_relaxed"))
+        .lazy()
+        .drop("phase", "location")
         .sort(order, maintain_order=True)
+        .drop("sub")
     )
-    return with_series_ids(
+    return (
         covering_transaction(series, ctx.transactions, sorted_by_idx=True)
         .with_columns(tx=pl.coalesce("transaction_id", "open_tid"))
+        .drop("transaction_id", "open_tid")
         .collect()
-    ).lazy()
+        .lazy()
+    )
+
+
+def _among_sorted(values: pl.Series, sorted_: pl.Series) -> pl.Series:
+    """Whether each of ``values`` is in ``sorted_`` (ascending, no null), by binary search."""
+    if sorted_.is_empty() or values.is_empty():
+        return pl.Series(values.name, [False] * len(values), pl.Boolean)
+    at = sorted_.search_sorted(values, side="left").clip(upper_bound=len(sorted_) - 1)
+    return (sorted_.gather(at) == values).fill_null(False)
 
 
 def _place_in_run(key: pl.Expr) -> pl.Expr:
@@ -246,8 +266,14 @@ def meter_unit_suspect(ctx: AnalysisContext) -> pl.LazyFrame:
 @per_charge_point
 def energy_implausible(ctx: AnalysisContext) -> pl.LazyFrame:
     k = ctx.options.kwh_suspect_ratio
-    # one sort by the charger's time serves both sides: ``until`` is the same time shifted
-    r = readings(ctx).filter(pl.col("sample_ts").is_not_null()).sort("sample_ts")
+    # one sort by the charger's time serves both sides: ``until`` is the same time shifted; the sort moves only
+    # what the test reads (the rows' other columns are fetched by position for the few found)
+    rows = readings(ctx).with_row_index("_pos")
+    r = (
+        rows.filter(pl.col("sample_ts").is_not_null())
+        .select("_pos", "_sid", "idx", "value", "sample_ts", "tx", "resolution")
+        .sort("sample_ts")
+    )
     # (by one number per series, see with_series_ids: an as-of join by four columns, three of them text,
     # encodes every row of both sides)
     base = r.select("_sid", b_idx="idx", b_value="value", b_ts="sample_ts", b_tx="tx", b_resolution="resolution")
@@ -264,6 +290,8 @@ def energy_implausible(ctx: AnalysisContext) -> pl.LazyFrame:
     return (
         joined.with_columns(power=power, dt=dt, delta=pl.col("value") - pl.col("b_value"))
         .filter((pl.col("power") > ctx.options.max_power_w) & ~((lo > 0) & (ratio >= k) & (ratio <= 1e6 / k)))
+        .join(rows.select("_pos", "charge_point_id", "conn", "connector_id", "ts"), on="_pos", how="left",
+              maintain_order="left")
         .select(
             "charge_point_id", "conn", "connector_id", "ts",
             transaction_id="tx",
