@@ -384,3 +384,22 @@ def test_fleet_demo_protocol_findings_are_its_ground_truth():
         ("call-error", "warning", "CP-005"),
         ("unanswered-call", "error", "CP-004"),
     ]
+
+
+@pytest.mark.parametrize("given", [False, True])
+def test_side_codes_group_calls_exactly_as_connection_and_direction(given):
+    """The one number per side that concurrent-calls and unanswered-call group by: equal for the rows of one
+    (conn, direction), different across them, nulls included, whether run() gave the connection's code or
+    it is computed (fails if the direction or a null is dropped from the code)."""
+    from ocpptool.analysis.registry import CONN_CODE, side_code
+
+    frame = pl.DataFrame({
+        "conn": ["a", "a", "b", None, None, "a", "b", None, "a"],
+        "direction": ["cp->csms", "csms->cp", "cp->csms", "cp->csms", None, None, "csms->cp", "cp->csms", "x"],
+    })  # fmt: skip
+    if given:
+        frame = frame.with_columns(**{CONN_CODE: pl.col("conn").cast(pl.Categorical).to_physical()})
+    got = frame.lazy().with_columns(_side=side_code(frame.lazy())).collect()
+    pairs = got.group_by("conn", "direction").agg(pl.col("_side").n_unique().alias("n"), pl.col("_side").first())
+    assert pairs["n"].to_list() == [1] * pairs.height  # one code per pair
+    assert pairs["_side"].n_unique() == pairs.height == 8  # a code of its own for each pair

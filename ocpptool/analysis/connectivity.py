@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from .registry import AnalysisContext, detector
+from .registry import AnalysisContext, conn_code, detector
 from .time import EVIDENCE_CAP, clock, human, seconds
 
 
@@ -51,17 +51,18 @@ def heartbeat_gap(ctx: AnalysisContext) -> pl.LazyFrame:
     # per value: 134 -> 100 ms CPU on 1M messages).
     prev = pl.col("_prev")
     msgs = (
-        ctx.messages.select("idx", "ts", "conn", "charge_point_id", "action", "message_type", t=clock())
+        ctx.messages.select("idx", "ts", "conn", "charge_point_id", "action", "message_type", t=clock(),
+                            _conn=conn_code(ctx.messages))
         .filter(pl.col("t").is_not_null())
         .sort("idx")  # wire order; a clock going backwards gives a negative gap, never a finding
         .with_columns(_row=pl.int_range(pl.len(), dtype=pl.UInt32))
-        .with_columns(_prev=pl.col("_row").shift(1).over(pl.col("conn").cast(pl.Categorical).to_physical()))
+        .with_columns(_prev=pl.col("_row").shift(1).over("_conn"))
         .with_columns(
             prev_idx=pl.col("idx").gather(prev),
             prev_ts=pl.col("ts").gather(prev),
             gap=seconds(pl.col("t") - pl.col("t").gather(prev)),
         )
-        .drop("_row", "_prev")
+        .drop("_row", "_prev", "_conn")
         .filter(pl.col("prev_idx").is_not_null())
         .filter(~((pl.col("message_type") == "CALL") & (pl.col("action") == "BootNotification")))
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from .registry import AnalysisContext, detector
+from .registry import AnalysisContext, detector, side_code
 from .time import EVIDENCE_CAP, clock, human, seconds
 
 RESPONSES = ["CALLRESULT", "CALLERROR", "CALLRESULTERROR"]
@@ -69,17 +69,15 @@ def unanswered_call(ctx: AnalysisContext) -> pl.LazyFrame:
     late = ctx.messages.filter(pl.col("call_index").is_not_null(), late_s > timeout).select(
         response_index="idx", latency_ms="latency_ms"
     )
-    last_answered = (
-        all_calls.filter(pl.col("response_index").is_not_null())
-        .group_by("conn", "direction")
-        .agg(_last=pl.col("idx").max())
-    )
+    # (per side: one number, see side_code)
+    all_calls = all_calls.with_columns(_side=side_code(ctx.messages))
+    last_answered = all_calls.filter(pl.col("response_index").is_not_null()).group_by("_side").agg(_last=pl.col("idx").max())
     calls = (
         pl.concat([
             all_calls.filter(pl.col("response_index").is_null()).with_columns(latency_ms=pl.lit(None, pl.Float64)),
             all_calls.join(late, on="response_index", how="inner"),
         ], how="vertical_relaxed")
-        .join(last_answered, on=["conn", "direction"], how="left", nulls_equal=True)
+        .join(last_answered, on="_side", how="left", nulls_equal=True)
         .with_columns(t=clock(), later_answered=(pl.col("_last") > pl.col("idx")).fill_null(False))
     )  # fmt: skip
     remaining = seconds(pl.col("source_end") - pl.col("t"))
@@ -310,34 +308,36 @@ def duplicate_message_id(ctx: AnalysisContext) -> pl.LazyFrame:
 )
 def concurrent_calls(ctx: AnalysisContext) -> pl.LazyFrame:
     calls = ctx.messages.filter(pl.col("message_type") == "CALL").select(
-        "idx", "ts", "conn", "charge_point_id", "direction", "response_index"
+        "idx", "ts", "conn", "charge_point_id", "direction", "response_index", _side=side_code(ctx.messages)
     )
-    side = ["conn", "direction"]
+    side = "_side"  # (conn and direction as one number: windows and group-bys by it need no row encoding)
     # cheap pass: sides where some call starts while an earlier one is still open (rare in clean traffic)
     reach = pl.coalesce("response_index", "idx").cum_max().shift(1).over(side)
     busy = calls.sort("idx").filter(reach > pl.col("idx")).select(side).unique()
     calls = calls.join(busy, on=side, how="semi", nulls_equal=True)
     starts = calls.select(
-        *side, "idx", "ts", "charge_point_id", pos=pl.col("idx").cast(pl.Float64), step=pl.lit(1)
+        side, "conn", "direction", "idx", "ts", "charge_point_id", pos=pl.col("idx").cast(pl.Float64),
+        step=pl.lit(1),
     )
     ends = calls.select(
-        *side,
+        side, "conn", "direction",
         idx=pl.lit(None, dtype=pl.Int64),
         ts=pl.lit(None, dtype=pl.Datetime("us", "UTC")),
         charge_point_id=pl.lit(None, dtype=pl.String),
         # an unanswered call is open only for an instant: it is unanswered-call's business, not this one's
         pos=pl.coalesce(pl.col("response_index").cast(pl.Float64), pl.col("idx") + 0.5),
         step=pl.lit(-1),
-    )
+    )  # fmt: skip
     in_flight = pl.col("step").cum_sum().over(side)
     period = ((pl.col("step") == 1) & (pl.col("n") == 1)).cum_sum().over(side)
     return (
         pl.concat([starts, ends], how="vertical_relaxed")
-        .sort(*side, "pos")
+        .sort(side, "pos")
         .with_columns(n=in_flight)
         .with_columns(period=period)
-        .group_by(*side, "period")
+        .group_by(side, "period")
         .agg(
+            pl.col("conn", "direction").first(),
             most=pl.col("n").max(),
             calls=pl.col("idx").drop_nulls().len(),
             ts=pl.col("ts").drop_nulls().first(),

@@ -125,6 +125,27 @@ def detector(code: str, severity: str, family: str, *, title: str, explanation: 
     return wrap
 
 
+#: the analysis' messages carry each row's connection as one number (see :func:`run`)
+CONN_CODE = "_conn_code"
+
+
+def conn_code(messages: pl.LazyFrame) -> pl.Expr:
+    """One number per connection (``conn``), for windows and group-bys over the messages (a text key hashes and
+    compares every row's text): the column :func:`run` adds, else the categorical code, computed."""
+    if CONN_CODE in messages.collect_schema().names():
+        return pl.col(CONN_CODE)
+    return pl.col("conn").cast(pl.Categorical).to_physical()
+
+
+def side_code(messages: pl.LazyFrame) -> pl.Expr:
+    """One number per side of a connection (``conn`` and ``direction``: 0 null, 1 cp->csms, 2 csms->cp, 3
+    other), the same groups as the two columns (a window or group-by by them row-encodes the text)."""
+    d = pl.col("direction")
+    code = pl.when(d.is_null()).then(0).when(d == "cp->csms").then(1).when(d == "csms->cp").then(2).otherwise(3)
+    # (a null conn is a group of its own, as in a group-by by the columns: a code above every categorical's)
+    return conn_code(messages).cast(pl.UInt64).fill_null(1 << 32) * 4 + code.cast(pl.UInt64)
+
+
 def conform_findings(lf: pl.LazyFrame, d: Detector) -> pl.LazyFrame:
     names = lf.collect_schema().names()
     cols = []
@@ -307,7 +328,8 @@ def run(tables: Tables, options: Options | None = None, *, only: list[str] | Non
     # and conn stay text: they join the connections and the derived tables.)
     given = tables
     tables = replace(tables, messages=tables.messages.rechunk().with_columns(
-        pl.col("message_type", "action", "direction", "ocpp_version", "source").cast(pl.Categorical)))
+        pl.col("message_type", "action", "direction", "ocpp_version", "source").cast(pl.Categorical),
+        **{CONN_CODE: pl.col("conn").cast(pl.Categorical).to_physical()}))
     # (usual: then no detector builds a stand-in charge point for each of the messages)
     cp_complete = names_every_charge_point(tables.messages, tables.connections)
     schema = [d for d in chosen if d.code == "schema-violation" and not timer.per_detector]
