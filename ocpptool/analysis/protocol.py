@@ -379,7 +379,7 @@ def concurrent_calls(ctx: AnalysisContext) -> pl.LazyFrame:
     many messages broke the rule. Compare the payload with the schema named in the summary.""",
 )
 def schema_violation(ctx: AnalysisContext) -> pl.LazyFrame:
-    # (imported here: jsonschema takes ~50 ms to import, which a run does on its second thread, during the walk)
+    # (imported here: the schemas module reads the schema files, which a run does on its second thread)
     from . import schemas
 
     return schemas.violations(

@@ -339,8 +339,8 @@ def run(tables: Tables, options: Options | None = None, *, only: list[str] | Non
             from .derived import keyed, walk_calls
 
             enums = None
-            if schema:  # (the schema files are read, and jsonschema imported, on the second thread while the rows
-                # are selected)
+            if schema:  # (the schema files are read on the second thread while the rows are selected; jsonschema
+                # is imported there later, for the check: the walk waits only for the enum values)
                 enums = pool.submit(_enum_values).result
             walks = walk_calls(keyed(tables.messages.lazy(), cp_complete), energy_only=not meter_values,
                                cp_complete=cp_complete, enums=enums)

@@ -32,8 +32,6 @@ from typing import Any
 
 import orjson
 import polars as pl
-from jsonschema import Draft4Validator
-from jsonschema.validators import validator_for
 
 VERSION_DIRS = {"1.6": "v16", "2.0": "v201", "2.0.1": "v201", "2.1": "v21"}
 _TIMESTAMP = r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}"
@@ -68,6 +66,11 @@ def validator(version_dir: str, name: str):
     """The compiled validator for one schema, or None when OCPP defines no such message."""
     if (version_dir, name) not in _schema_files():
         return None
+    # (imported here: jsonschema takes ~30 ms to import, and the walk of a run waits for the schemas' enum values
+    # on another thread, which need no validator)
+    from jsonschema import Draft4Validator
+    from jsonschema.validators import validator_for
+
     schema = _schema(version_dir, name)
     return validator_for(schema, default=Draft4Validator)(schema)
 
