@@ -324,8 +324,9 @@ def run(tables: Tables, options: Options | None = None, *, only: list[str] | Non
     # per row on a categorical (cast once: ~50 CPU ms; the run on 1M messages: ~0.3 CPU s less; the version,
     # read by the schema check's replace and cast, ~45 ms more); unanswered-call and orphan-response group
     # every message by its source (the file's path: one long text hashed per row; ~90 CPU ms less). The derived
-    # tables cast their columns to their schemas; the caller's tables are returned unchanged. (charge_point_id
-    # and conn stay text: they join the connections and the derived tables.)
+    # tables cast their columns to their schemas; the caller's tables are returned unchanged. charge_point_id and
+    # conn stay text (they join the connections and the derived tables); each connection's code rides along
+    # (CONN_CODE: windows and group-bys by connection or side, see side_code).
     given = tables
     tables = replace(tables, messages=tables.messages.rechunk().with_columns(
         pl.col("message_type", "action", "direction", "ocpp_version", "source").cast(pl.Categorical),
