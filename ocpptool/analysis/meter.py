@@ -11,7 +11,7 @@ from __future__ import annotations
 import polars as pl
 
 from .derived import ENERGY_REGISTER, covering_transaction, per_charge_point
-from .registry import AnalysisContext, detector
+from .registry import AnalysisContext, detector, text_code
 from .transactions import _s, _seconds
 
 MIN_POWER_WINDOW_S = 10.0  # power is judged over at least this much charger time (timestamps jitter)
@@ -26,11 +26,8 @@ def with_series_ids(frame: pl.DataFrame) -> pl.DataFrame:
     as-of joins key on one number instead of four columns, three of them text. The categorical codes of the
     texts and the connector packed into 63 bits when they fit (any real fleet's do), else the series' dense
     rank (exact, slower). :func:`pairs` and :func:`energy_implausible` key on it."""
-    def code(c: str) -> pl.Expr:  # (a text column's categorical code: the same groups as the text)
-        return pl.col(c).cast(pl.Categorical).to_physical()
-
-    parts = {"_c": (code("charge_point_id"), 23), "_n": (pl.col("connector_id"), 16), "_p": (code("phase"), 12),
-             "_l": (code("location"), 12)}
+    parts = {"_c": (text_code("charge_point_id"), 23), "_n": (pl.col("connector_id"), 16),
+             "_p": (text_code("phase"), 12), "_l": (text_code("location"), 12)}
     codes = frame.select(**{k: e.cast(pl.Int64) for k, (e, _) in parts.items()})
     fits = codes.select(pl.all_horizontal(
         (pl.col(k).min() >= 0) & (pl.col(k).max() < (1 << bits)) for k, (_, bits) in parts.items()

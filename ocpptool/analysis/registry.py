@@ -125,6 +125,12 @@ def detector(code: str, severity: str, family: str, *, title: str, explanation: 
     return wrap
 
 
+def text_code(column: str) -> pl.Expr:
+    """A text column's categorical code (UInt32; null for null): the same groups as the text, for windows,
+    group-bys and keys made of numbers instead of text."""
+    return pl.col(column).cast(pl.Categorical).to_physical()
+
+
 #: the analysis' messages carry each row's connection as one number (see :func:`run`)
 CONN_CODE = "_conn_code"
 
@@ -134,7 +140,7 @@ def conn_code(messages: pl.LazyFrame) -> pl.Expr:
     compares every row's text): the column :func:`run` adds, else the categorical code, computed."""
     if CONN_CODE in messages.collect_schema().names():
         return pl.col(CONN_CODE)
-    return pl.col("conn").cast(pl.Categorical).to_physical()
+    return text_code("conn")
 
 
 def side_code(messages: pl.LazyFrame) -> pl.Expr:
@@ -330,7 +336,7 @@ def run(tables: Tables, options: Options | None = None, *, only: list[str] | Non
     given = tables
     tables = replace(tables, messages=tables.messages.rechunk().with_columns(
         pl.col("message_type", "action", "direction", "ocpp_version", "source").cast(pl.Categorical),
-        **{CONN_CODE: pl.col("conn").cast(pl.Categorical).to_physical()}))
+        **{CONN_CODE: text_code("conn")}))
     # (usual: then no detector builds a stand-in charge point for each of the messages)
     cp_complete = names_every_charge_point(tables.messages, tables.connections)
     schema = [d for d in chosen if d.code == "schema-violation" and not timer.per_detector]

@@ -14,7 +14,7 @@ import polars as pl
 
 from ..protocol.actions import CP_INITIATED
 from .derived import with_event_fields
-from .registry import AnalysisContext, detector
+from .registry import AnalysisContext, detector, text_code
 
 EVIDENCE_CAP = 20  # idx kept in a grouped finding's evidence; the summary gives the full count
 
@@ -127,7 +127,7 @@ def _offsets(ctx: AnalysisContext) -> pl.LazyFrame:
             _stamped(ctx)
             .filter(pl.col("offset_s").is_not_null())
             .filter(~late)
-            .with_columns(_cp=pl.col("charge_point_id").cast(pl.Categorical).to_physical())
+            .with_columns(_cp=text_code("charge_point_id"))
         )
         plan = (
             (rows.sort("_cp", maintain_order=True) if in_time_order else rows.sort("_cp", "ts", "idx"))
